@@ -1,0 +1,136 @@
+/* The multithreaded batch reader: a pool of worker threads decodes and augments images straight
+ * into preallocated batch buffers, and a bounded window of batches (the prefetch depth) waits,
+ * in order, for the consumer.
+ *
+ * Scheduling. The stream is a sequence of batches; batch b is step b % steps_per_epoch of epoch
+ * b / steps_per_epoch. Each epoch is a permutation of all files from (seed, epoch), identical in
+ * every shard; shard k takes positions k, k + num_shards, ... of it. Work is handed out one image
+ * at a time in stream order, so all threads fill the same batch together and batch b may only be
+ * started once batch b - prefetch has been taken by the consumer. Crops and flips depend only on
+ * (seed, epoch, file index): the output does not depend on the number of threads.
+ *
+ * Bad files. A file that cannot be read or decoded is, by default, recorded (count, first paths
+ * and reasons) and remembered, and its slot is filled with a copy of the next good image of the
+ * same batch, so batches stay full and identical for any thread count. With skip_bad_files off
+ * the first failure stops the reader and next() throws "Error in thread N: <path>: <reason>".
+ *
+ * Buffers. A batch's pixels and labels live in a BatchBuffer from a pool; the consumer holds a
+ * shared_ptr and the buffer returns to the pool when the last holder lets go, so the Python side
+ * can hand the memory to numpy without a copy and without it being overwritten underneath.
+ */
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "image_task.h"
+
+namespace flowers {
+
+struct ReaderOptions {
+  int batch_size = 32;
+  int num_threads = 1;
+  bool shuffle = true;
+  uint64_t seed = 0;
+  int prefetch = 2;  // batches decoded ahead of the consumer
+  int shard_index = 0;
+  int num_shards = 1;
+  bool drop_remainder = false;
+  int64_t num_epochs = -1;  // < 0: repeat forever
+  uint64_t max_pixels = 100000000;
+  bool skip_bad_files = true;
+  unsigned allowed_scales = 0xFFu;  // DCT scales M/8 the decoder may use, bit M-1
+  ImageOptions image;
+};
+
+struct BatchBuffer {
+  std::vector<uint8_t> images;  // batch_size * image_size^2 * 3
+  std::vector<int32_t> labels;  // batch_size
+};
+
+struct Batch {
+  std::shared_ptr<BatchBuffer> buffer;
+  int size = 0;  // images in this batch (smaller than batch_size only for an epoch's last batch)
+  int64_t epoch = 0;
+  int64_t step = 0;  // index of the batch within its epoch
+};
+
+struct BadFile {
+  std::string path;
+  std::string reason;
+};
+
+struct ReaderStats {
+  int64_t images_decoded = 0;   // successful decodes
+  int64_t failed_reads = 0;     // slots whose file failed (a bad file counts once per epoch)
+  int64_t bad_files = 0;        // distinct files that failed
+  std::vector<BadFile> first_bad_files;  // the first ones found, with reasons
+  int64_t batches_delivered = 0;
+  double consumer_wait_seconds = 0;  // time next() spent waiting for a batch
+};
+
+class BufferPool;
+
+class BatchReader {
+ public:
+  BatchReader(std::vector<std::string> paths, std::vector<int32_t> labels, ReaderOptions options);
+  ~BatchReader();
+  BatchReader(const BatchReader&) = delete;
+  BatchReader& operator=(const BatchReader&) = delete;
+
+  enum class Status { kBatch, kTimeout, kEnd };
+  // Waits up to timeout_ms for the next batch in order. Throws std::runtime_error with the
+  // worker's message after a fatal error (or on a closed reader).
+  Status next(Batch* batch, int timeout_ms);
+  // Stops and joins the workers; idempotent, never blocks on the consumer.
+  void close();
+
+  int64_t steps_per_epoch() const { return steps_per_epoch_; }
+  int64_t images_per_epoch() const { return images_per_epoch_; }
+  const ReaderOptions& options() const { return options_; }
+  ReaderStats stats() const;
+
+  static constexpr size_t kMaxReportedBadFiles = 20;
+
+ private:
+  struct InFlight;
+  void worker_loop(int thread_index);
+  bool has_task_locked() const;
+  InFlight* start_batch_locked();
+  void finish_batch_locked(InFlight* batch);
+  const std::vector<int32_t>& epoch_order_locked(int64_t epoch);
+  void record_failure_locked(int32_t file, const std::string& reason, int thread_index);
+
+  const std::vector<std::string> paths_;
+  const std::vector<int32_t> labels_;
+  const ReaderOptions options_;
+  int64_t images_per_epoch_ = 0;
+  int64_t steps_per_epoch_ = 0;
+  int64_t total_batches_ = -1;  // < 0: endless
+  size_t image_bytes_ = 0;
+
+  mutable std::mutex mutex_;
+  std::condition_variable work_ready_;   // workers wait here for a task
+  std::condition_variable batch_ready_;  // the consumer waits here
+  std::deque<InFlight> in_flight_;       // batches started and not yet consumed, in order
+  int64_t next_batch_ = 0;               // next batch to start
+  int next_slot_ = 0;                    // next slot of the newest started batch to hand out
+  int64_t consumed_ = 0;                 // batches handed to the consumer
+  int64_t order_epoch_ = -1;
+  std::vector<int32_t> order_;           // this shard's file indices for order_epoch_
+  std::vector<uint8_t> known_bad_;       // per file: failed before, do not read again
+  std::string fatal_error_;
+  bool stopping_ = false;
+  ReaderStats stats_;
+
+  std::shared_ptr<BufferPool> pool_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace flowers

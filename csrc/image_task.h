@@ -1,0 +1,44 @@
+/* One image, start to finish: read the file, read the header, pick the crop, decode only that
+ * region at a reduced DCT scale, resample it into the output slot. Used by the reader's workers
+ * and, one image at a time, by the Python binding's test and benchmark entry points. */
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "augment.h"
+#include "jpeg_decode.h"
+#include "resize.h"
+
+namespace flowers {
+
+struct ImageOptions {
+  int image_size = 224;
+  bool training = true;
+  CropOptions crop;
+  bool random_flip = true;
+  double eval_resize_ratio = 256.0 / 224.0;  // eval: shorter side to image_size * this, centre crop
+  bool use_dct_scaling = true;
+  Layout layout = Layout::kHWC;
+};
+
+// What one worker thread owns; reused for every image it handles.
+struct WorkerContext {
+  explicit WorkerContext(uint64_t max_pixels, unsigned allowed_scales = 0xFFu)
+      : decoder(max_pixels, allowed_scales) {}
+  JpegDecoder decoder;
+  DecodedRegion region;
+  ResizeScratch scratch;
+  std::vector<uint8_t> file_bytes;
+};
+
+// Reads a whole file; DecodeError naming the reason (no such file, permission denied, ...).
+void read_file(const std::string& path, std::vector<uint8_t>* bytes);
+
+// Decodes and augments encoded JPEG bytes into `out` (image_size^2 * 3 bytes, options.layout).
+// image_seed fixes the crop and the flip.
+void augment_image(const uint8_t* data, size_t size, const ImageOptions& options,
+                   uint64_t image_seed, WorkerContext* context, uint8_t* out);
+
+}  // namespace flowers

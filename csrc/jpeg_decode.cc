@@ -1,0 +1,209 @@
+/* JPEG decoding through the libjpeg API: header checks, DCT-scaled region-of-interest decode,
+ * colour conversion to RGB. See jpeg_decode.h for the contract. */
+#include "jpeg_decode.h"
+
+#include <csetjmp>
+#include <cstdio>
+#include <cmath>
+#include <algorithm>
+#include <string>
+
+// jpeglib.h needs size_t and FILE declared before it.
+#include <jpeglib.h>
+#include <jerror.h>
+
+namespace flowers {
+namespace {
+
+struct ErrorManager {
+  jpeg_error_mgr pub;  // must be first: libjpeg hands us a pointer to it
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+[[noreturn]] void on_error_exit(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+void on_emit_message(j_common_ptr cinfo, int msg_level) {
+  if (msg_level >= 0) return;  // trace messages
+  // A truncated file is only a warning to libjpeg, which pads the rest with grey. We refuse it:
+  // the grey pixels would become silent training data.
+  if (cinfo->err->msg_code == JWRN_JPEG_EOF) on_error_exit(cinfo);
+  cinfo->err->num_warnings++;
+}
+
+const char* color_space_name(J_COLOR_SPACE space) {
+  switch (space) {
+    case JCS_GRAYSCALE: return "grayscale";
+    case JCS_YCbCr: return "ycbcr";
+    case JCS_RGB: return "rgb";
+    case JCS_CMYK: return "cmyk";
+    case JCS_YCCK: return "ycck";
+    default: return "unknown";
+  }
+}
+
+// Adobe applications write CMYK JPEGs with inverted values (and say so with an APP14 marker).
+void cmyk_row_to_rgb(const uint8_t* cmyk, uint8_t* rgb, int width, bool inverted) {
+  for (int x = 0; x < width; ++x) {
+    int c = cmyk[4 * x], m = cmyk[4 * x + 1], y = cmyk[4 * x + 2], k = cmyk[4 * x + 3];
+    if (!inverted) { c = 255 - c; m = 255 - m; y = 255 - y; k = 255 - k; }
+    rgb[3 * x] = static_cast<uint8_t>((c * k + 127) / 255);
+    rgb[3 * x + 1] = static_cast<uint8_t>((m * k + 127) / 255);
+    rgb[3 * x + 2] = static_cast<uint8_t>((y * k + 127) / 255);
+  }
+}
+
+}  // namespace
+
+struct JpegDecoder::State {
+  jpeg_decompress_struct cinfo;
+  ErrorManager error;
+  std::vector<uint8_t> row;  // one scanline as libjpeg writes it (RGB or CMYK)
+  bool header_ready = false;  // read_info() succeeded and no decode has consumed it yet
+};
+
+int choose_dct_scale(double box_width, double box_height, int min_width, int min_height,
+                     unsigned allowed_scales) {
+  for (int m = 1; m < 8; ++m) {
+    if (!(allowed_scales & (1u << (m - 1)))) continue;
+    // Compare in integers of eighths where possible: box * m / 8 >= min  <=>  box * m >= 8 * min.
+    if (box_width * m >= 8.0 * min_width && box_height * m >= 8.0 * min_height) return m;
+  }
+  return 8;
+}
+
+JpegDecoder::JpegDecoder(uint64_t max_pixels, unsigned allowed_scales)
+    : state_(new State), max_pixels_(max_pixels), allowed_scales_(allowed_scales) {
+  state_->cinfo.err = jpeg_std_error(&state_->error.pub);
+  state_->error.pub.error_exit = on_error_exit;
+  state_->error.pub.emit_message = on_emit_message;
+  state_->error.message[0] = '\0';
+  jpeg_create_decompress(&state_->cinfo);
+}
+
+JpegDecoder::~JpegDecoder() {
+  jpeg_destroy_decompress(&state_->cinfo);
+  delete state_;
+}
+
+void JpegDecoder::run_header(const uint8_t* data, size_t size, JpegInfo* info) {
+  jpeg_decompress_struct* cinfo = &state_->cinfo;
+  if (setjmp(state_->error.jump)) {
+    jpeg_abort_decompress(cinfo);
+    throw DecodeError(state_->error.message);
+  }
+  state_->header_ready = false;
+  jpeg_abort_decompress(cinfo);  // forget any earlier image, whatever state it was left in
+  cinfo->err->num_warnings = 0;
+  jpeg_mem_src(cinfo, data, static_cast<unsigned long>(size));
+  jpeg_read_header(cinfo, TRUE);
+  info->width = static_cast<int>(cinfo->image_width);
+  info->height = static_cast<int>(cinfo->image_height);
+  info->components = cinfo->num_components;
+  info->color_space = color_space_name(cinfo->jpeg_color_space);
+  info->progressive = cinfo->progressive_mode != 0;
+}
+
+JpegInfo JpegDecoder::read_info(const uint8_t* data, size_t size) {
+  if (size == 0) throw DecodeError("file is empty (0 bytes)");
+  JpegInfo info;
+  run_header(data, size, &info);
+  const uint64_t pixels = static_cast<uint64_t>(info.width) * static_cast<uint64_t>(info.height);
+  if (pixels > max_pixels_) {
+    jpeg_abort_decompress(&state_->cinfo);
+    throw DecodeError("header claims " + std::to_string(info.width) + "x" +
+                      std::to_string(info.height) + " = " + std::to_string(pixels) +
+                      " pixels, over the limit of " + std::to_string(max_pixels_) +
+                      " (raise max_pixels to accept it)");
+  }
+  if (info.color_space == "unknown") {
+    jpeg_abort_decompress(&state_->cinfo);
+    throw DecodeError("unsupported JPEG colour space with " + std::to_string(info.components) +
+                      " components");
+  }
+  state_->header_ready = true;
+  return info;
+}
+
+void JpegDecoder::run_decode(const CropBox* box, int min_width, int min_height,
+                             bool use_dct_scaling, DecodedRegion* out) {
+  jpeg_decompress_struct* cinfo = &state_->cinfo;
+  state_->header_ready = false;
+  if (setjmp(state_->error.jump)) {
+    jpeg_abort_decompress(cinfo);
+    throw DecodeError(state_->error.message);
+  }
+  const bool cmyk = cinfo->jpeg_color_space == JCS_CMYK || cinfo->jpeg_color_space == JCS_YCCK;
+  cinfo->out_color_space = cmyk ? JCS_CMYK : JCS_RGB;  // libjpeg-turbo expands grayscale to RGB
+  int scale = 8;
+  if (box != nullptr && use_dct_scaling)
+    scale = choose_dct_scale(box->width, box->height, min_width, min_height, allowed_scales_);
+  cinfo->scale_num = static_cast<unsigned>(scale);
+  cinfo->scale_denom = 8;
+  jpeg_start_decompress(cinfo);
+
+  // The region in scaled output coordinates: the crop box's pixel edges times scale/8, rounded
+  // outwards, so that every pixel the resampler may touch is decoded.
+  const double s = scale / 8.0;
+  const int scaled_width = static_cast<int>(cinfo->output_width);
+  const int scaled_height = static_cast<int>(cinfo->output_height);
+  int x0 = 0, y0 = 0, x1 = scaled_width, y1 = scaled_height;
+  if (box != nullptr) {
+    x0 = std::clamp(static_cast<int>(std::floor(box->x * s)), 0, scaled_width - 1);
+    y0 = std::clamp(static_cast<int>(std::floor(box->y * s)), 0, scaled_height - 1);
+    x1 = std::clamp(static_cast<int>(std::ceil((box->x + box->width) * s)), x0 + 1, scaled_width);
+    y1 = std::clamp(static_cast<int>(std::ceil((box->y + box->height) * s)), y0 + 1, scaled_height);
+  }
+  JDIMENSION crop_x = static_cast<JDIMENSION>(x0);
+  JDIMENSION crop_width = static_cast<JDIMENSION>(x1 - x0);
+  if (x0 > 0 || x1 < scaled_width) {
+    // Widens the window to iMCU boundaries: crop_x moves left, crop_width grows.
+    jpeg_crop_scanline(cinfo, &crop_x, &crop_width);
+  }
+  const int skip_left = x0 - static_cast<int>(crop_x);
+  const int components = cmyk ? 4 : 3;
+  const int width = x1 - x0, height = y1 - y0;
+  state_->row.resize(static_cast<size_t>(cinfo->output_width) * components);
+  out->pixels.resize(static_cast<size_t>(width) * height * 3);
+  out->width = width;
+  out->height = height;
+  out->scale_num = scale;
+  if (box != nullptr) {
+    out->box = CropBox{box->x * s - x0, box->y * s - y0, box->width * s, box->height * s};
+  } else {
+    out->box = CropBox{0, 0, static_cast<double>(width), static_cast<double>(height)};
+  }
+  if (y0 > 0) jpeg_skip_scanlines(cinfo, static_cast<JDIMENSION>(y0));
+  const bool inverted = cinfo->saw_Adobe_marker != 0;
+  for (int y = 0; y < height; ++y) {
+    JSAMPROW row = state_->row.data();
+    if (jpeg_read_scanlines(cinfo, &row, 1) != 1)
+      ERREXIT(cinfo, JERR_BAD_STATE);  // cannot happen with a memory source; be loud if it does
+    uint8_t* dst = out->pixels.data() + static_cast<size_t>(y) * width * 3;
+    const uint8_t* src = state_->row.data() + static_cast<size_t>(skip_left) * components;
+    if (cmyk) {
+      cmyk_row_to_rgb(src, dst, width, inverted);
+    } else {
+      std::copy(src, src + static_cast<size_t>(width) * 3, dst);
+    }
+  }
+  // Abort rather than finish: the rows below the crop are never decoded.
+  jpeg_abort_decompress(cinfo);
+}
+
+void JpegDecoder::decode(const uint8_t* data, size_t size, DecodedRegion* out) {
+  read_info(data, size);
+  run_decode(nullptr, 0, 0, false, out);
+}
+
+void JpegDecoder::decode_region(const CropBox& box, int min_width, int min_height,
+                                bool use_dct_scaling, DecodedRegion* out) {
+  if (!state_->header_ready) throw std::logic_error("decode_region() without read_info()");
+  run_decode(&box, min_width, min_height, use_dct_scaling, out);
+}
+
+}  // namespace flowers

@@ -1,0 +1,97 @@
+/* JPEG decoding through the libjpeg API (libjpeg-turbo).
+ *
+ * One JpegDecoder per thread: it keeps one libjpeg decompressor alive and reuses it for every
+ * image, so a worker allocates nothing per image once its buffers have grown.
+ *
+ * Two paths:
+ *  - decode(): the whole image, RGB, at full resolution (the reference path, and decode_jpeg()).
+ *  - decode_region(): only the rows and iMCU columns that cover a crop box, at the smallest DCT
+ *    scale M/8 whose result still covers the output size. This is the fast training path:
+ *    jpeg_crop_scanline() skips columns, jpeg_skip_scanlines() skips rows above the crop, and
+ *    jpeg_abort_decompress() skips everything below it.
+ *
+ * Grayscale decodes to RGB inside libjpeg-turbo; CMYK and YCCK are converted here (Adobe files
+ * store inverted CMYK). Errors are DecodeError with libjpeg's own message; a file that ends early
+ * ("Premature end of JPEG file", which libjpeg only warns about and pads with grey) is an error,
+ * because the grey padding would silently become training data.
+ */
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+struct jpeg_decompress_struct;
+
+namespace flowers {
+
+struct DecodeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct JpegInfo {
+  int width = 0;
+  int height = 0;
+  int components = 0;
+  std::string color_space;  // "grayscale", "ycbcr", "rgb", "cmyk", "ycck"
+  bool progressive = false;
+};
+
+// A rectangle of the source image in full-resolution pixel-edge coordinates (fractions allowed).
+struct CropBox {
+  double x = 0, y = 0, width = 0, height = 0;
+};
+
+// Decoded RGB pixels of a region, plus where the requested crop box lies inside them.
+struct DecodedRegion {
+  std::vector<uint8_t> pixels;  // interleaved RGB, row stride = width * 3
+  int width = 0;
+  int height = 0;
+  CropBox box;      // the crop box in this buffer's (scaled) pixel coordinates
+  int scale_num = 8;  // DCT scale used: scale_num / 8
+};
+
+class JpegDecoder {
+ public:
+  // max_pixels: headers claiming more pixels than this are refused before anything is allocated.
+  // allowed_scales: bit M-1 set means the DCT scale M/8 (M = 1..8) may be used.
+  explicit JpegDecoder(uint64_t max_pixels, unsigned allowed_scales = 0xFFu);
+  ~JpegDecoder();
+  JpegDecoder(const JpegDecoder&) = delete;
+  JpegDecoder& operator=(const JpegDecoder&) = delete;
+
+  // Reads the header only and checks the pixel limit. The decoder then holds the header, so
+  // decode_region() can follow on the same bytes without parsing it again. `data` must stay
+  // alive until decode_region() returns.
+  JpegInfo read_info(const uint8_t* data, size_t size);
+
+  // Full decode to RGB.
+  void decode(const uint8_t* data, size_t size, DecodedRegion* out);
+
+  // Decodes the part of the image whose header read_info() just read that covers `box` (clamped
+  // to the image), at the smallest allowed DCT scale that keeps the box at least
+  // min_width x min_height pixels; use_dct_scaling=false always decodes at scale 8/8.
+  void decode_region(const CropBox& box, int min_width, int min_height, bool use_dct_scaling,
+                     DecodedRegion* out);
+
+ private:
+  struct State;
+  // All libjpeg calls live in these two functions: they hold the setjmp for libjpeg's errors,
+  // and keep nothing with a destructor on their own stack (longjmp would skip it).
+  void run_header(const uint8_t* data, size_t size, JpegInfo* info);
+  void run_decode(const CropBox* box, int min_width, int min_height, bool use_dct_scaling,
+                  DecodedRegion* out);
+
+  State* state_;
+  uint64_t max_pixels_;
+  unsigned allowed_scales_;
+};
+
+// Chooses the smallest allowed M in 1..8 with box_width*M/8 >= min_width and
+// box_height*M/8 >= min_height; 8 when none is smaller. Exposed for tests.
+int choose_dct_scale(double box_width, double box_height, int min_width, int min_height,
+                     unsigned allowed_scales);
+
+}  // namespace flowers
