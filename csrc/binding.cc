@@ -212,6 +212,22 @@ PYBIND11_MODULE(_reader, m) {
      py::arg("layout") = "NHWC", py::arg("allowed_scales") = 0xFFu,
      py::arg("max_pixels") = 100000000ull);
 
+  m.def("random_resized_crop", [](int width, int height, uint64_t seed,
+                                  std::pair<double, double> area_range,
+                                  std::pair<double, double> aspect_range) {
+    CropOptions options;
+    options.area_min = area_range.first;
+    options.area_max = area_range.second;
+    options.aspect_min = aspect_range.first;
+    options.aspect_max = aspect_range.second;
+    SplitMix64 rng(seed);
+    const CropBox box = random_resized_crop(width, height, options, &rng);
+    return py::make_tuple(box.x, box.y, box.width, box.height);
+  }, py::arg("width"), py::arg("height"), py::arg("seed"),
+     py::arg("area_range") = std::make_pair(0.08, 1.0),
+     py::arg("aspect_range") = std::make_pair(3.0 / 4, 4.0 / 3),
+     "The training crop box (x, y, w, h) the reader draws for an image seed (for tests)");
+
   m.def("choose_dct_scale", &choose_dct_scale, py::arg("box_width"), py::arg("box_height"),
         py::arg("min_width"), py::arg("min_height"), py::arg("allowed_scales") = 0xFFu);
 

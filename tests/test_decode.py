@@ -1,0 +1,174 @@
+"""The single-image path: full decode, ROI + DCT-scaled decode, resize, eval crop, layouts.
+
+Reference: PIL, which decodes with libjpeg-turbo's default settings (accurate integer IDCT,
+fancy upsampling), exactly what our decoder asks libjpeg for, so full decodes must be identical.
+Resizes are compared with PIL's antialiased BILINEAR, the same triangle filter; PIL computes in
+fixed point and we in float, hence ±2 levels.
+"""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import encode_jpeg, reference_decode, smooth_rgb
+from flowers_tl import _reader, reader
+
+KINDS = ("420", "444", "progressive", "gray", "cmyk")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_full_decode_equals_reference_decoder(kind):
+    data = encode_jpeg(smooth_rgb(173, 259, seed=3), kind=kind)
+    ours = reader.decode_jpeg(data)
+    assert ours.shape == (173, 259, 3) and ours.dtype == np.uint8
+    # Same library, same IDCT and upsampling: bit-exact. CMYK goes through our conversion and
+    # PIL's; both compute (255-C)(255-K)/255, rounding may differ by one.
+    tolerance = 1 if kind == "cmyk" else 0
+    assert np.abs(ours.astype(int) - reference_decode(data)).max() <= tolerance
+
+
+def test_jpeg_info_reports_header():
+    info = reader.jpeg_info(encode_jpeg(smooth_rgb(50, 70), kind="progressive"))
+    assert info == {"width": 70, "height": 50, "components": 3, "color_space": "ycbcr",
+                    "progressive": True}
+    assert reader.jpeg_info(encode_jpeg(smooth_rgb(50, 70), kind="gray"))["color_space"] == "grayscale"
+    assert reader.jpeg_info(encode_jpeg(smooth_rgb(50, 70), kind="cmyk"))["components"] == 4
+
+
+def pil_crop_resize(full, box, size):
+    x, y, w, h = box
+    return np.asarray(Image.fromarray(full).crop((x, y, x + w, y + h)).resize(size, Image.BILINEAR))
+
+
+def random_case(rng, index):
+    height, width = (int(v) for v in rng.integers(150, 600, 2))
+    kind = ("420", "444", "progressive", "gray")[index % 4]
+    data = encode_jpeg(smooth_rgb(height, width, seed=index), kind=kind)
+    crop_w, crop_h = int(rng.integers(20, width)), int(rng.integers(20, height))
+    box = (int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1)),
+           crop_w, crop_h)
+    size = (int(rng.integers(16, 120)), int(rng.integers(16, 120)))
+    return data, box, size
+
+
+@pytest.mark.parametrize("use_dct_scaling", [False, True])
+def test_roi_decode_matches_full_decode_crop_resize(use_dct_scaling):
+    rng = np.random.default_rng(0)
+    scales = set()
+    for index in range(24):
+        data, box, size = random_case(rng, index)
+        expected = pil_crop_resize(reference_decode(data), box, size).astype(int)
+        ours, scale = _reader.decode_crop_resize(data, box, size[0], size[1],
+                                                 use_dct_scaling=use_dct_scaling)
+        scales.add(scale)
+        error = np.abs(ours.astype(int) - expected)
+        # Without DCT scaling only arithmetic differs (±2). With it, libjpeg's reduced IDCT
+        # replaces part of the low-pass filtering: on smooth content that stays within ±3.
+        assert error.max() <= (2 if not use_dct_scaling else 3), (index, box, size, scale)
+        assert error.mean() <= (0.3 if not use_dct_scaling else 0.5), (index, box, size, scale)
+    if use_dct_scaling:
+        assert len(scales - {8}) >= 3, scales  # the cases really exercised reduced scales
+    else:
+        assert scales == {8}
+
+
+def test_dct_scaled_decode_on_detailed_content_stays_close():
+    # Fine texture is where a scaled IDCT and a pixel-domain low-pass differ most, and where an
+    # aliasing resize would be far off: mean error within 3 levels.
+    rng = np.random.default_rng(5)
+    noisy = (rng.random((480, 640, 3)) * 255).astype(np.uint8)
+    data = encode_jpeg(noisy, quality=95, kind="444")
+    expected = pil_crop_resize(reference_decode(data), (40, 30, 560, 420), (96, 72)).astype(int)
+    ours, scale = _reader.decode_crop_resize(data, (40, 30, 560, 420), 96, 72)
+    assert scale == 2
+    assert np.abs(ours.astype(int) - expected).mean() <= 3.0
+
+
+def test_shrinking_does_not_alias():
+    # A one-pixel checkerboard shrunk 8x must come out flat grey, as any low-pass resize gives;
+    # a 2-tap bilinear would pick up whole stripes of black or white.
+    board = (np.indices((512, 512)).sum(0) % 2 * 255).astype(np.uint8)
+    data = encode_jpeg(np.repeat(board[..., None], 3, -1), quality=100, kind="444")
+    for use_dct_scaling in (False, True):
+        ours, _ = _reader.decode_crop_resize(data, (0, 0, 512, 512), 64, 64,
+                                             use_dct_scaling=use_dct_scaling)
+        assert abs(ours.mean() - 127.5) < 6 and ours.std() < 6
+
+
+@pytest.mark.parametrize("box_width, box_height, expected", [
+    (224, 224, 8), (448, 448, 4), (1792, 1792, 1), (300, 224, 8), (300, 600, 6), (2000, 250, 8),
+])
+def test_dct_scale_is_smallest_that_covers_output(box_width, box_height, expected):
+    scale = _reader.choose_dct_scale(box_width, box_height, 224, 224)
+    assert scale == expected
+    if scale < 8:
+        assert box_width * scale / 8 >= 224 and box_height * scale / 8 >= 224
+
+
+def test_eval_center_crop_matches_resize_then_crop():
+    # 56 px output: the shorter side goes to round(56 * 256 / 224) = 64. The image sizes are
+    # chosen so the resized size and the centre offsets are whole pixels in the reference too
+    # (otherwise it rounds the crop by half a pixel and the comparison measures that rounding).
+    size, resize_size = 56, 64
+    for index, (height, width) in enumerate([(128, 200), (64, 90), (48, 72), (200, 128)]):
+        data = encode_jpeg(smooth_rgb(height, width, seed=10 + index), kind="444")
+        scale = resize_size / min(height, width)
+        resized_size = (round(width * scale), round(height * scale))
+        resized = np.asarray(Image.fromarray(reference_decode(data)).resize(resized_size,
+                                                                          Image.BILINEAR))
+        left, top = (resized_size[0] - size) // 2, (resized_size[1] - size) // 2
+        expected = resized[top:top + size, left:left + size].astype(int)
+        ours = reader.augment(data, size, training=False, use_dct_scaling=False).astype(int)
+        # We resample the crop box alone; the reference's border pixels also see the pixels just
+        # outside the box. Smooth content: mean within 0.5, any pixel within 8.
+        error = np.abs(ours - expected)
+        assert error.mean() <= 0.5 and error.max() <= 8, (height, width)
+        scaled = reader.augment(data, size, training=False).astype(int)
+        assert np.abs(scaled - expected).mean() <= 1.0, (height, width)
+
+
+def test_nchw_is_exact_transpose_of_nhwc():
+    data = encode_jpeg(smooth_rgb(90, 130))
+    for training in (True, False):
+        nhwc = reader.augment(data, 48, training=training, seed=7)
+        nchw = reader.augment(data, 48, training=training, seed=7, layout="NCHW")
+        assert nchw.shape == (3, 48, 48)
+        np.testing.assert_array_equal(nchw, nhwc.transpose(2, 0, 1))
+
+
+def test_flip_mirrors_the_crop():
+    data = encode_jpeg(smooth_rgb(90, 130))
+    flips = set()
+    for seed in range(16):
+        plain = reader.augment(data, 40, seed=seed, random_flip=False)
+        maybe = reader.augment(data, 40, seed=seed)
+        if np.array_equal(maybe, plain):
+            flips.add(False)
+        else:
+            np.testing.assert_array_equal(maybe, plain[:, ::-1])
+            flips.add(True)
+    assert flips == {True, False}
+
+
+def test_random_crops_respect_area_and_aspect():
+    areas, aspects = [], []
+    for seed in range(2000):
+        x, y, w, h = _reader.random_resized_crop(400, 300, seed)
+        assert 0 <= x and 0 <= y and x + w <= 400 and y + h <= 300 and w >= 1 and h >= 1
+        areas.append(w * h / (400 * 300))
+        aspects.append(w / h)
+    # Rounding the box to whole pixels moves area and aspect a little past the bounds.
+    assert 0.08 * 0.95 <= min(areas) < 0.15 and max(areas) > 0.9
+    assert 3 / 4 * 0.97 <= min(aspects) < 0.8 and 1.25 < max(aspects) <= 4 / 3 * 1.03
+    # A strip far outside the aspect range falls back to a centred crop of allowed aspect.
+    x, y, w, h = _reader.random_resized_crop(1000, 10, 0, (0.9, 1.0))
+    assert (w, h) == (13, 10) and x == (1000 - 13) // 2
+
+
+def test_full_area_crop_is_a_plain_resize():
+    data = encode_jpeg(smooth_rgb(100, 100))
+    full = reader.augment(data, 32, seed=1, area_range=(1.0, 1.0), aspect_range=(1.0, 1.0),
+                          random_flip=False, use_dct_scaling=False)
+    expected = np.asarray(Image.fromarray(reference_decode(data)).resize((32, 32), Image.BILINEAR))
+    assert np.abs(full.astype(int) - expected).max() <= 2

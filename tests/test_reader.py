@@ -1,0 +1,303 @@
+"""The threaded batch reader: epochs, determinism, shards, bad files, threads and signals."""
+import gc
+import signal
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import encode_jpeg, smooth_rgb
+from flowers_tl.reader import Reader
+
+COLOURS = 40
+
+
+def solid_dataset(root, count=COLOURS):
+    """File i is a flat colour that identifies it in any crop, flip or resize."""
+    root.mkdir(parents=True, exist_ok=True)
+    files, labels = [], []
+    for index in range(count):
+        colour = np.array([6 * index + 10, 250 - 6 * index, (37 * index) % 200 + 20], np.uint8)
+        image = np.broadcast_to(colour, (30 + index % 7 * 9, 40 + index % 5 * 11, 3)).copy()
+        path = root / f"img_{index:03d}.jpg"
+        path.write_bytes(encode_jpeg(image, quality=95, kind="444"))
+        files.append(str(path))
+        labels.append(index % 3)
+    return files, labels
+
+
+def identify(images):
+    """File index of each image of a batch from its mean colour."""
+    red = images.reshape(len(images), -1, 3).mean(1)[:, 0]
+    return np.rint((red - 10) / 6).astype(int).tolist()
+
+
+def take_epochs(reader, epochs):
+    per_epoch = {}
+    for images, labels in reader:
+        per_epoch.setdefault(reader.epoch, []).append((identify(images), labels.tolist()))
+        if len(per_epoch) > epochs:
+            break
+    return per_epoch
+
+
+@pytest.fixture
+def solid(tmp_path):
+    return solid_dataset(tmp_path / "solid")
+
+
+def test_every_image_once_per_epoch_with_matching_labels(solid):
+    files, labels = solid
+    with Reader(files, labels, batch_size=7, image_size=16, num_threads=2, num_epochs=3) as reader:
+        assert reader.steps_per_epoch == 6  # 40 images: 5 full batches and one of 5
+        epochs = take_epochs(reader, 3)
+    assert sorted(epochs) == [0, 1, 2]
+    orders = []
+    for batches in epochs.values():
+        ids = [i for batch_ids, _ in batches for i in batch_ids]
+        assert sorted(ids) == list(range(COLOURS))
+        assert [len(batch_ids) for batch_ids, _ in batches] == [7] * 5 + [5]
+        for batch_ids, batch_labels in batches:
+            assert batch_labels == [labels[i] for i in batch_ids]
+        orders.append(ids)
+    assert orders[0] != orders[1] != orders[2]  # reshuffled every epoch
+
+
+def test_eval_reader_keeps_file_order_and_stops(solid):
+    files, labels = solid
+    with Reader(files, labels, batch_size=16, image_size=16, training=False,
+                num_epochs=1) as reader:
+        batches = [identify(images) for images, _ in reader]
+    assert [i for batch in batches for i in batch] == list(range(COLOURS))
+
+
+def test_drop_remainder_gives_full_batches_only(solid):
+    files, labels = solid
+    with Reader(files, labels, batch_size=16, image_size=16, num_epochs=2,
+                drop_remainder=True) as reader:
+        sizes = [len(images) for images, _ in reader]
+    assert sizes == [16, 16] * 2
+
+
+def test_shards_are_disjoint_and_cover_the_epoch(solid):
+    files, labels = solid
+    seen = []
+    for shard in range(3):
+        with Reader(files, labels, batch_size=5, image_size=16, num_epochs=1, seed=4,
+                    shard_index=shard, num_shards=3) as reader:
+            seen.append([i for images, _ in reader for i in identify(images)])
+    assert sorted(i for shard in seen for i in shard) == list(range(COLOURS))
+    assert [len(shard) for shard in seen] == [14, 13, 13]
+    # drop_remainder: every shard the same number of steps, so multi-worker steps line up
+    steps = {Reader(files, labels, batch_size=4, image_size=16, shard_index=s, num_shards=3,
+                    drop_remainder=True).steps_per_epoch for s in range(3)}
+    assert steps == {3}
+
+
+def test_same_seed_same_batches_whatever_the_thread_count(small_dataset):
+    files, labels = small_dataset
+
+    def batches(num_threads, seed, prefetch=None):
+        with Reader(files, labels, batch_size=6, image_size=32, num_threads=num_threads, seed=seed,
+                    num_epochs=2, prefetch=prefetch) as reader:
+            return [(images.copy(), labels.copy()) for images, labels in reader]
+
+    one = batches(1, seed=3)
+    four = batches(4, seed=3, prefetch=5)
+    assert len(one) == len(four) == 14
+    for (images_a, labels_a), (images_b, labels_b) in zip(one, four):
+        np.testing.assert_array_equal(images_a, images_b)
+        np.testing.assert_array_equal(labels_a, labels_b)
+    other = batches(2, seed=4)
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(one, other))
+
+
+def test_nchw_batches_are_transposes_of_nhwc(small_dataset):
+    files, labels = small_dataset
+    kwargs = dict(batch_size=8, image_size=24, seed=1, num_epochs=1)
+    with Reader(files, labels, **kwargs) as nhwc, Reader(files, labels, layout="NCHW", **kwargs) as nchw:
+        for (a, _), (b, _) in zip(nhwc, nchw):
+            assert b.shape == (len(a), 3, 24, 24)
+            np.testing.assert_array_equal(b, a.transpose(0, 3, 1, 2))
+
+
+def test_batches_are_numpy_views_of_the_cxx_buffer_and_survive_the_reader(solid):
+    files, labels = solid
+    reader = Reader(files, labels, batch_size=8, image_size=16, num_threads=2)
+    images, batch_labels = next(reader)
+    assert not images.flags.owndata and images.base is not None  # no copy was made
+    assert images.dtype == np.uint8 and batch_labels.dtype == np.int32
+    kept = images.copy()
+    for _ in range(10):  # recycle buffers: the held batch must not be overwritten
+        next(reader)
+    np.testing.assert_array_equal(images, kept)
+    reader.close()
+    del reader
+    gc.collect()
+    np.testing.assert_array_equal(images, kept)
+
+
+def truncated(data):
+    return data[: len(data) // 3]
+
+
+def huge_header(data, width=20000, height=20000):
+    """Patches the SOF0 marker of a baseline JPEG to claim another size."""
+    at = data.index(b"\xff\xc0")
+    return data[: at + 5] + struct.pack(">HH", height, width) + data[at + 9:]
+
+
+def salted_dataset(root):
+    files, labels = solid_dataset(root, count=24)
+    good = (root / "img_000.jpg").read_bytes()
+    bad = {
+        "truncated.jpg": truncated(encode_jpeg(smooth_rgb(200, 200), kind="420")),
+        "empty.jpg": b"",
+        "png.jpg": b"\x89PNG\r\n\x1a\n" + b"\0" * 64,
+        "text.jpg": b"this is not a picture\n",
+        "huge.jpg": huge_header(good),
+    }
+    for name, data in bad.items():
+        (root / name).write_bytes(data)
+    bad_paths = [str(root / name) for name in bad] + [str(root / "missing.jpg")]
+    return files + bad_paths, labels + [9] * len(bad_paths), bad_paths
+
+
+def test_bad_files_are_skipped_counted_and_reported(tmp_path):
+    files, labels, bad_paths = salted_dataset(tmp_path / "salted")
+    with Reader(files, labels, batch_size=6, image_size=16, num_threads=2, num_epochs=2) as reader:
+        batches = list(reader)
+        summary = reader.summary()
+    assert all(len(images) == 6 for images, _ in batches)  # 30 files: batches stay full
+    for images, batch_labels in batches:
+        assert 9 not in batch_labels.tolist()  # every slot holds a good image and its label
+        for index, label in zip(identify(images), batch_labels.tolist()):
+            assert label == index % 3
+    assert summary.bad_files == 6 and summary.failed_reads == 12  # each bad file once an epoch
+    assert summary.images_decoded == 2 * 24
+    reasons = dict(summary.first_bad_files)
+    assert set(reasons) == set(bad_paths)
+    assert "Premature end" in reasons[bad_paths[0]]
+    assert "empty" in reasons[bad_paths[1]]
+    assert "Not a JPEG file" in reasons[bad_paths[2]] and "Not a JPEG file" in reasons[bad_paths[3]]
+    assert "over the limit" in reasons[bad_paths[4]]
+    assert "No such file" in reasons[bad_paths[5]]
+
+
+def test_fail_fast_names_the_file_and_the_reason(tmp_path):
+    files, labels, bad_paths = salted_dataset(tmp_path / "salted")
+    with Reader(files, labels, batch_size=6, image_size=16, skip_bad_files=False) as reader:
+        with pytest.raises(RuntimeError, match=r"Error in thread \d+: .*\.jpg: "):
+            for _ in reader:
+                pass
+
+
+def test_pixel_limit_is_configurable(tmp_path):
+    files, labels = solid_dataset(tmp_path / "solid", count=4)  # 30..57 x 40..84 px
+    with Reader(files, labels, batch_size=4, image_size=8, max_pixels=30 * 40,
+                skip_bad_files=False) as reader:
+        with pytest.raises(RuntimeError, match="over the limit of 1200"):
+            next(reader)
+
+
+def test_all_bad_batch_is_an_error(tmp_path):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(b"nope")
+    with Reader([str(path)] * 3, [0] * 3, batch_size=3, image_size=8) as reader:
+        with pytest.raises(RuntimeError, match="every image of batch 0 of epoch 0 failed"):
+            next(reader)
+
+
+@pytest.fixture
+def slow_files(tmp_path):
+    """One big JPEG listed many times: a batch takes seconds to decode on one thread."""
+    path = tmp_path / "big.jpg"
+    path.write_bytes(encode_jpeg(smooth_rgb(1600, 1600), quality=95, kind="444"))
+    return [str(path)] * 64
+
+
+def test_python_threads_run_while_next_waits(slow_files):
+    ticks = []
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    with Reader(slow_files, [0] * 64, batch_size=16, image_size=224, num_threads=1,
+                use_dct_scaling=False) as reader:
+        spinner = threading.Thread(target=spin)
+        spinner.start()
+        start = time.perf_counter()
+        next(reader)
+        end = time.perf_counter()
+        stop.set()
+        spinner.join()
+    during = [t for t in ticks if start < t < end]
+    assert end - start > 0.1
+    assert len(during) >= 20  # the spinner kept ticking (it would be stuck if we held the GIL)
+
+
+def test_ctrl_c_interrupts_a_waiting_next(slow_files):
+    main = threading.get_ident()
+    timer = threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT))
+    with Reader(slow_files, [0] * 64, batch_size=64, image_size=224, num_threads=1,
+                use_dct_scaling=False) as reader:
+        start = time.perf_counter()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            next(reader)
+        interrupted_after = time.perf_counter() - start
+        close_start = time.perf_counter()
+    timer.join()
+    assert interrupted_after < 2.0  # a whole batch takes several seconds
+    assert time.perf_counter() - close_start < 2.0  # closing does not wait for the batch
+
+
+def test_close_and_delete_never_hang(slow_files):
+    for _ in range(3):
+        reader = Reader(slow_files, [0] * 64, batch_size=64, image_size=224, num_threads=2)
+        start = time.perf_counter()
+        del reader
+        gc.collect()
+        assert time.perf_counter() - start < 2.0
+    reader = Reader(slow_files, [0] * 64, batch_size=8, image_size=224, num_threads=2)
+    reader.close()
+    reader.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        next(reader)
+
+
+def test_bad_arguments_name_the_option(solid):
+    files, labels = solid
+    with pytest.raises(ValueError, match="batch_size"):
+        Reader(files, labels, batch_size=0)
+    with pytest.raises(ValueError, match="layout"):
+        Reader(files, labels, batch_size=2, layout="HWCN")
+    with pytest.raises(ValueError, match="shard_index"):
+        Reader(files, labels, batch_size=2, shard_index=3, num_shards=3)
+    with pytest.raises(ValueError, match="area_range"):
+        Reader(files, labels, batch_size=2, area_range=(0.5, 0.2))
+    with pytest.raises(ValueError, match="labels"):
+        Reader(files, labels[:-1], batch_size=2)
+    with pytest.raises(TypeError, match="unknown option"):
+        Reader(files, labels, batch_size=2, shuffel=True)
+    with pytest.raises(ValueError, match="drop_remainder leaves no batch"):
+        Reader(files, labels, batch_size=64, drop_remainder=True)
+
+
+def test_tf_data_bridge_gives_shapes_and_dtypes(small_dataset):
+    import tensorflow as tf
+
+    files, labels = small_dataset
+    with Reader(files, labels, batch_size=8, image_size=24, num_epochs=1) as reader:
+        dataset = reader.to_tf_dataset()
+        batches = list(dataset)
+    assert len(batches) == 5
+    images, batch_labels = batches[0]
+    assert images.dtype == tf.uint8 and images.shape == (8, 24, 24, 3)
+    assert batch_labels.dtype == tf.int32 and batch_labels.shape == (8,)
+    assert dataset.element_spec[0].shape.as_list() == [None, 24, 24, 3]
