@@ -20,9 +20,9 @@ enum class Layout { kHWC, kCHW };
 
 // Per-thread buffers so a worker allocates nothing per image once they have grown.
 struct ResizeScratch {
-  std::vector<int> x_start, y_start, x_count, y_count;
+  std::vector<int> x_start, y_start;
   std::vector<float> x_weights, y_weights;
-  std::vector<float> rows;  // horizontally resampled rows, out_width * 3 floats each
+  std::vector<float> column_sums;  // one output row resampled vertically, at source width
 };
 
 // src: interleaved RGB, src_width x src_height, row stride src_width * 3.
