@@ -230,7 +230,7 @@ void BatchReader::finish_batch_locked(InFlight* batch) {
 }
 
 void BatchReader::worker_loop(int thread_index) {
-  WorkerContext context(options_.max_pixels, options_.allowed_scales);
+  WorkerContext context(options_.decoder);
   std::unique_lock<std::mutex> lock(mutex_);
   while (true) {
     work_ready_.wait(lock, [this] {

@@ -43,9 +43,8 @@ struct ReaderOptions {
   int num_shards = 1;
   bool drop_remainder = false;
   int64_t num_epochs = -1;  // < 0: repeat forever
-  uint64_t max_pixels = 100000000;
   bool skip_bad_files = true;
-  unsigned allowed_scales = 0xFFu;  // DCT scales M/8 the decoder may use, bit M-1
+  DecoderOptions decoder;
   ImageOptions image;
 };
 

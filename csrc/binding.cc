@@ -42,6 +42,16 @@ std::pair<const uint8_t*, size_t> view_bytes(const py::buffer& data) {
   return {static_cast<const uint8_t*>(info.ptr), static_cast<size_t>(info.size * info.itemsize)};
 }
 
+DecoderOptions make_decoder_options(uint64_t max_pixels, unsigned allowed_scales, bool fast_idct,
+                                    bool fancy_upsampling) {
+  DecoderOptions options;
+  options.max_pixels = max_pixels;
+  options.allowed_scales = allowed_scales;
+  options.fast_idct = fast_idct;
+  options.fancy_upsampling = fancy_upsampling;
+  return options;
+}
+
 ImageOptions make_image_options(int image_size, bool training, std::pair<double, double> area_range,
                                 std::pair<double, double> aspect_range, bool random_flip,
                                 double eval_resize_ratio, bool use_dct_scaling,
@@ -136,7 +146,7 @@ PYBIND11_MODULE(_reader, m) {
     JpegInfo info;
     {
       py::gil_scoped_release release;
-      JpegDecoder decoder(max_pixels);
+      JpegDecoder decoder(make_decoder_options(max_pixels, 0xFFu, false, true));
       info = decoder.read_info(ptr, size);
     }
     py::dict out;
@@ -148,21 +158,23 @@ PYBIND11_MODULE(_reader, m) {
     return out;
   }, py::arg("data"), py::arg("max_pixels") = 100000000ull);
 
-  m.def("decode_jpeg", [](const py::buffer& data, uint64_t max_pixels) {
+  m.def("decode_jpeg", [](const py::buffer& data, uint64_t max_pixels, bool fast_idct,
+                          bool fancy_upsampling) {
     auto [ptr, size] = view_bytes(data);
     DecodedRegion region;
     {
       py::gil_scoped_release release;
-      JpegDecoder decoder(max_pixels);
+      JpegDecoder decoder(make_decoder_options(max_pixels, 0xFFu, fast_idct, fancy_upsampling));
       decoder.decode(ptr, size, &region);
     }
     return owning_array(std::move(region.pixels), {region.height, region.width, 3});
-  }, py::arg("data"), py::arg("max_pixels") = 100000000ull);
+  }, py::arg("data"), py::arg("max_pixels") = 100000000ull, py::arg("fast_idct") = false,
+     py::arg("fancy_upsampling") = true);
 
   m.def("decode_crop_resize", [](const py::buffer& data, std::tuple<double, double, double, double> box,
                                  int out_width, int out_height, bool flip, bool use_dct_scaling,
                                  const std::string& layout, unsigned allowed_scales,
-                                 uint64_t max_pixels) {
+                                 uint64_t max_pixels, bool fast_idct, bool fancy_upsampling) {
     if (out_width <= 0 || out_height <= 0) throw std::invalid_argument("output size must be positive");
     auto [ptr, size] = view_bytes(data);
     const Layout out_layout = parse_layout(layout);
@@ -171,7 +183,8 @@ PYBIND11_MODULE(_reader, m) {
     int scale = 8;
     {
       py::gil_scoped_release release;
-      WorkerContext context(max_pixels, allowed_scales);
+      WorkerContext context(
+          make_decoder_options(max_pixels, allowed_scales, fast_idct, fancy_upsampling));
       const JpegInfo info = context.decoder.read_info(ptr, size);
       if (crop.width <= 0 || crop.height <= 0 || crop.x < 0 || crop.y < 0 ||
           crop.x + crop.width > info.width || crop.y + crop.height > info.height)
@@ -187,12 +200,14 @@ PYBIND11_MODULE(_reader, m) {
                           scale);
   }, py::arg("data"), py::arg("box"), py::arg("out_width"), py::arg("out_height"),
      py::arg("flip") = false, py::arg("use_dct_scaling") = true, py::arg("layout") = "NHWC",
-     py::arg("allowed_scales") = 0xFFu, py::arg("max_pixels") = 100000000ull);
+     py::arg("allowed_scales") = 0xFFu, py::arg("max_pixels") = 100000000ull,
+     py::arg("fast_idct") = false, py::arg("fancy_upsampling") = true);
 
   m.def("augment", [](const py::buffer& data, int image_size, bool training, uint64_t seed,
                       std::pair<double, double> area_range, std::pair<double, double> aspect_range,
                       bool random_flip, double eval_resize_ratio, bool use_dct_scaling,
-                      const std::string& layout, unsigned allowed_scales, uint64_t max_pixels) {
+                      const std::string& layout, unsigned allowed_scales, uint64_t max_pixels,
+                      bool fast_idct, bool fancy_upsampling) {
     if (image_size <= 0) throw std::invalid_argument("image_size must be positive");
     auto [ptr, size] = view_bytes(data);
     const ImageOptions options = make_image_options(image_size, training, area_range, aspect_range,
@@ -201,7 +216,8 @@ PYBIND11_MODULE(_reader, m) {
     std::vector<uint8_t> pixels(static_cast<size_t>(image_size) * image_size * 3);
     {
       py::gil_scoped_release release;
-      WorkerContext context(max_pixels, allowed_scales);
+      WorkerContext context(
+          make_decoder_options(max_pixels, allowed_scales, fast_idct, fancy_upsampling));
       augment_image(ptr, size, options, seed, &context, pixels.data());
     }
     return owning_array(std::move(pixels), image_shape(image_size, image_size, options.layout));
@@ -210,7 +226,8 @@ PYBIND11_MODULE(_reader, m) {
      py::arg("aspect_range") = std::make_pair(3.0 / 4, 4.0 / 3), py::arg("random_flip") = true,
      py::arg("eval_resize_ratio") = 256.0 / 224.0, py::arg("use_dct_scaling") = true,
      py::arg("layout") = "NHWC", py::arg("allowed_scales") = 0xFFu,
-     py::arg("max_pixels") = 100000000ull);
+     py::arg("max_pixels") = 100000000ull, py::arg("fast_idct") = false,
+     py::arg("fancy_upsampling") = true);
 
   m.def("random_resized_crop", [](int width, int height, uint64_t seed,
                                   std::pair<double, double> area_range,
@@ -238,7 +255,8 @@ PYBIND11_MODULE(_reader, m) {
                        int num_shards, bool drop_remainder, int64_t num_epochs,
                        std::pair<double, double> area_range, std::pair<double, double> aspect_range,
                        bool random_flip, double eval_resize_ratio, bool use_dct_scaling,
-                       unsigned allowed_scales, uint64_t max_pixels, bool skip_bad_files) {
+                       unsigned allowed_scales, uint64_t max_pixels, bool fast_idct,
+                       bool fancy_upsampling, bool skip_bad_files) {
              ReaderOptions options;
              options.batch_size = batch_size;
              options.num_threads = num_threads;
@@ -249,9 +267,9 @@ PYBIND11_MODULE(_reader, m) {
              options.num_shards = num_shards;
              options.drop_remainder = drop_remainder;
              options.num_epochs = num_epochs;
-             options.max_pixels = max_pixels;
              options.skip_bad_files = skip_bad_files;
-             options.allowed_scales = allowed_scales;
+             options.decoder =
+                 make_decoder_options(max_pixels, allowed_scales, fast_idct, fancy_upsampling);
              options.image = make_image_options(image_size, training, area_range, aspect_range,
                                                 random_flip, eval_resize_ratio, use_dct_scaling,
                                                 layout);
@@ -264,7 +282,7 @@ PYBIND11_MODULE(_reader, m) {
            py::arg("drop_remainder"), py::arg("num_epochs"), py::arg("area_range"),
            py::arg("aspect_range"), py::arg("random_flip"), py::arg("eval_resize_ratio"),
            py::arg("use_dct_scaling"), py::arg("allowed_scales"), py::arg("max_pixels"),
-           py::arg("skip_bad_files"))
+           py::arg("fast_idct"), py::arg("fancy_upsampling"), py::arg("skip_bad_files"))
       .def("next", &next_batch, py::arg("slice_ms") = 50,
            "(images, labels, epoch, step) or None at the end of the stream")
       .def("close", &BatchReader::close, py::call_guard<py::gil_scoped_release>())

@@ -25,8 +25,7 @@ struct ImageOptions {
 
 // What one worker thread owns; reused for every image it handles.
 struct WorkerContext {
-  explicit WorkerContext(uint64_t max_pixels, unsigned allowed_scales = 0xFFu)
-      : decoder(max_pixels, allowed_scales) {}
+  explicit WorkerContext(const DecoderOptions& options) : decoder(options) {}
   JpegDecoder decoder;
   DecodedRegion region;
   ResizeScratch scratch;

@@ -76,8 +76,7 @@ int choose_dct_scale(double box_width, double box_height, int min_width, int min
   return 8;
 }
 
-JpegDecoder::JpegDecoder(uint64_t max_pixels, unsigned allowed_scales)
-    : state_(new State), max_pixels_(max_pixels), allowed_scales_(allowed_scales) {
+JpegDecoder::JpegDecoder(const DecoderOptions& options) : state_(new State), options_(options) {
   state_->cinfo.err = jpeg_std_error(&state_->error.pub);
   state_->error.pub.error_exit = on_error_exit;
   state_->error.pub.emit_message = on_emit_message;
@@ -113,11 +112,11 @@ JpegInfo JpegDecoder::read_info(const uint8_t* data, size_t size) {
   JpegInfo info;
   run_header(data, size, &info);
   const uint64_t pixels = static_cast<uint64_t>(info.width) * static_cast<uint64_t>(info.height);
-  if (pixels > max_pixels_) {
+  if (pixels > options_.max_pixels) {
     jpeg_abort_decompress(&state_->cinfo);
     throw DecodeError("header claims " + std::to_string(info.width) + "x" +
                       std::to_string(info.height) + " = " + std::to_string(pixels) +
-                      " pixels, over the limit of " + std::to_string(max_pixels_) +
+                      " pixels, over the limit of " + std::to_string(options_.max_pixels) +
                       " (raise max_pixels to accept it)");
   }
   if (info.color_space == "unknown") {
@@ -141,9 +140,12 @@ void JpegDecoder::run_decode(const CropBox* box, int min_width, int min_height,
   cinfo->out_color_space = cmyk ? JCS_CMYK : JCS_RGB;  // libjpeg-turbo expands grayscale to RGB
   int scale = 8;
   if (box != nullptr && use_dct_scaling)
-    scale = choose_dct_scale(box->width, box->height, min_width, min_height, allowed_scales_);
+    scale = choose_dct_scale(box->width, box->height, min_width, min_height,
+                             options_.allowed_scales);
   cinfo->scale_num = static_cast<unsigned>(scale);
   cinfo->scale_denom = 8;
+  cinfo->dct_method = options_.fast_idct ? JDCT_IFAST : JDCT_ISLOW;
+  cinfo->do_fancy_upsampling = options_.fancy_upsampling ? TRUE : FALSE;
   jpeg_start_decompress(cinfo);
 
   // The region in scaled output coordinates: the crop box's pixel edges times scale/8, rounded

@@ -53,11 +53,23 @@ struct DecodedRegion {
   int scale_num = 8;  // DCT scale used: scale_num / 8
 };
 
+struct DecoderOptions {
+  // Headers claiming more pixels than this are refused before anything is allocated.
+  uint64_t max_pixels = 100000000;
+  // Bit M-1 set: the DCT scale M/8 (M = 1..8) may be used. libjpeg-turbo has SIMD code for
+  // 1/8, 1/4, 1/2 and 1 only; the other scales run scalar IDCTs (4:2:0 chroma at up to 16x16).
+  unsigned allowed_scales = 0xFFu;
+  // libjpeg's JDCT_IFAST instead of the accurate JDCT_ISLOW (what tf.image.decode_jpeg uses by
+  // default): faster, a few levels off.
+  bool fast_idct = false;
+  // Smooth chroma upsampling (libjpeg's default). Off: the cheaper merged upsampler, blockier
+  // chroma edges.
+  bool fancy_upsampling = true;
+};
+
 class JpegDecoder {
  public:
-  // max_pixels: headers claiming more pixels than this are refused before anything is allocated.
-  // allowed_scales: bit M-1 set means the DCT scale M/8 (M = 1..8) may be used.
-  explicit JpegDecoder(uint64_t max_pixels, unsigned allowed_scales = 0xFFu);
+  explicit JpegDecoder(const DecoderOptions& options = DecoderOptions());
   ~JpegDecoder();
   JpegDecoder(const JpegDecoder&) = delete;
   JpegDecoder& operator=(const JpegDecoder&) = delete;
@@ -85,8 +97,7 @@ class JpegDecoder {
                   DecodedRegion* out);
 
   State* state_;
-  uint64_t max_pixels_;
-  unsigned allowed_scales_;
+  DecoderOptions options_;
 };
 
 // Chooses the smallest allowed M in 1..8 with box_width*M/8 >= min_width and

@@ -59,7 +59,7 @@ int compute_taps(int in_size, double box_start, double box_extent, int out_size,
 
 // Rounds to uint8. The weights are non-negative and sum to one, so every output is a convex
 // combination of uint8 inputs and lies in [0, 255] up to float rounding: no clamping needed.
-inline Int4 round_to_int(Float4 value) {
+__attribute__((always_inline)) inline Int4 round_to_int(Float4 value) {
   const Float4 half = {0.5f, 0.5f, 0.5f, 0.5f};
   return __builtin_convertvector(value + half, Int4);
 }
@@ -67,7 +67,7 @@ inline Int4 round_to_int(Float4 value) {
 // Sum of `taps` weighted pixels (3 floats each, loaded as 4). A compile-time tap count lets the
 // compiler unroll the loop for the common cases.
 template <int kTaps>
-inline Float4 weighted_pixels(const float* pixel, const float* weights, int taps) {
+__attribute__((always_inline)) inline Float4 weighted_pixels(const float* pixel, const float* weights, int taps) {
   Float4 total = {0.f, 0.f, 0.f, 0.f};
   const int count = kTaps > 0 ? kTaps : taps;
   for (int k = 0; k < count; ++k) {
@@ -79,7 +79,7 @@ inline Float4 weighted_pixels(const float* pixel, const float* weights, int taps
 }
 
 template <int kTaps>
-void horizontal_row(const float* sums, int column_first, const ResizeScratch& scratch, int taps,
+__attribute__((always_inline)) inline void horizontal_row(const float* sums, int column_first, const ResizeScratch& scratch, int taps,
                     int out_width, Layout layout, size_t plane, uint8_t* out_row) {
   for (int x = 0; x < out_width; ++x) {
     const float* pixel = sums + (scratch.x_start[x] - column_first) * 3;
@@ -99,6 +99,11 @@ void horizontal_row(const float* sums, int column_first, const ResizeScratch& sc
 
 }  // namespace
 
+// Compiled twice, for AVX2 and for baseline x86-64, and picked when the library loads: the
+// vertical pass converts and sums twice as many values per instruction with AVX2.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
 void resize_rgb(const uint8_t* src, int src_width, int src_height, const CropBox& box,
                 int out_width, int out_height, bool flip, Layout layout, uint8_t* out,
                 ResizeScratch* scratch) {

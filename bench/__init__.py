@@ -1,0 +1,1 @@
+"""Benchmarks of the input pipelines and training; each writes self-describing JSON rows."""

@@ -1,0 +1,355 @@
+"""ResNet-50 v1 in TensorFlow 2, computing exactly what the public checkpoints define.
+
+    model = resnet_v1_50(num_classes=5)                     # TF-slim resnet_v1_50.ckpt topology
+    logits = model(uint8_images_nhwc, training=False)       # float32 [B, 5]
+
+`variant="slim"` is the network of TF-slim's `resnet_v1_50.ckpt` (see
+shared/reference/resnet_v1_50_checkpoint.md): stride 2 on the 3x3 conv of the *last* unit of
+blocks 1-3 with explicit symmetric padding, identity-subsample shortcuts in those units, no conv
+biases, BN epsilon 1e-5, RGB input minus the VGG means. `variant="keras"` is
+`keras.applications.ResNet50`: stride 2 on the *first* unit's 1x1 conv and projection, conv biases,
+ZeroPadding2D(1) + VALID max pool, BN epsilon 1.001e-5, BGR input minus the caffe means.
+A Caffe-style network loads the slim checkpoint's shapes without complaint and computes
+something else, hence two explicit topologies rather than one with flags.
+
+Variables are created with the checkpoint's own names (`resnet_v1_50/block1/unit_1/
+bottleneck_v1/conv1/weights`, `conv2_block1_1_conv/kernel`, ...) and kept in `model.variables_by_name`,
+so loading a checkpoint is a dictionary lookup and our own checkpoints use the same names.
+
+Knobs: data_format NHWC or NCHW (NCHW needs a GPU or XLA: TensorFlow's CPU Conv2D is NHWC only);
+fused batch norm (FusedBatchNormV3) or the same arithmetic as separate ops; precision fp32, or
+mixed fp16/bf16 (fp32 master variables cast to the compute type per step; BN statistics, logits
+and loss in fp32); frozen BN (inference-mode BN while fine-tuning, the usual fine-tuning trap:
+which mode a run used is part of its config). The model takes uint8 (or float) RGB NHWC 0-255
+images exactly as the reader emits them and does the cast, mean subtraction and NCHW transpose
+itself, on the device.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+DATA_FORMATS = ("NHWC", "NCHW")
+PRECISIONS = ("fp32", "fp16", "bf16")
+VARIANTS = ("slim", "keras")
+COMPUTE_DTYPES = {"fp32": tf.float32, "fp16": tf.float16, "bf16": tf.bfloat16}
+
+# (bottleneck depth, units, stride); slim puts the stride on the last unit, keras on the first.
+BLOCKS = ((64, 3, 2), (128, 4, 2), (256, 6, 2), (512, 3, 1))
+KERAS_BLOCKS = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a trainer needs to know about a network besides its weights (cf. MoXing's
+    get_model_meta)."""
+
+    name: str
+    logits_pattern: str  # regular expression matching the classifier's checkpoint names
+    default_image_size: int
+    channel_order: str  # order the *network* sees; the model always takes RGB
+    channel_means: tuple[float, float, float]  # subtracted in channel_order
+    batch_norm_epsilon: float
+
+
+META = {
+    "slim": ModelMeta("resnet_v1_50", "resnet_v1_50/logits", 224, "RGB",
+                      (123.68, 116.78, 103.94), 1e-5),
+    "keras": ModelMeta("resnet50", "predictions", 224, "BGR",
+                       (103.939, 116.779, 123.68), 1.001e-5),
+}
+
+
+def get_model_meta(variant: str = "slim") -> ModelMeta:
+    if variant not in META:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return META[variant]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int
+    data_format: str = "NHWC"
+    fused_batch_norm: bool = True
+    precision: str = "fp32"
+    variant: str = "slim"
+    xla: bool = False  # the caller compiles with XLA (lets NCHW run on a CPU)
+    freeze_batch_norm: bool = False  # BN uses and keeps its moving statistics when training
+    batch_norm_momentum: float = 0.997
+    weight_decay: float = 4e-5
+    seed: int = 0  # initial values of the variables
+
+    def check(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.data_format not in DATA_FORMATS:
+            raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {self.data_format!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        get_model_meta(self.variant)
+        if not 0.0 <= self.batch_norm_momentum < 1.0:
+            raise ValueError(f"batch_norm_momentum must be in [0, 1), got {self.batch_norm_momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.data_format == "NCHW" and not self.xla and not tf.config.list_physical_devices("GPU"):
+            raise ValueError("data_format=NCHW needs a GPU or XLA (xla=True): TensorFlow's CPU "
+                             "Conv2D supports only NHWC")
+
+
+def _stateless_seed(seed: int, name: str) -> tf.Tensor:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return tf.constant([int.from_bytes(digest[:4], "little") & 0x7FFFFFFF,
+                        int.from_bytes(digest[4:8], "little") & 0x7FFFFFFF], tf.int32)
+
+
+class ResNet50(tf.Module):
+    """ResNet-50 v1, slim or keras topology. Call as model(images, training=False)."""
+
+    def __init__(self, config: ModelConfig):
+        config.check()
+        meta = get_model_meta(config.variant)
+        super().__init__(name=meta.name)
+        self.config = config
+        self.meta = meta
+        self.compute_dtype = COMPUTE_DTYPES[config.precision]
+        self.variables_by_name: dict[str, tf.Variable] = {}
+        self.conv_kernel_names: list[str] = []
+        with tf.init_scope():  # variables are created eagerly even if first built in a graph
+            if config.variant == "slim":
+                self._create_slim_variables()
+            else:
+                self._create_keras_variables()
+
+    # ---------------------------------------------------------------- variables
+    def _variable(self, name, shape, initial="zeros", trainable=True):
+        if initial == "he":  # slim's variance_scaling_initializer(2.0, FAN_IN), truncated normal
+            fan_in = 1
+            for dim in shape[:-1]:
+                fan_in *= dim
+            # 0.8796...: std of a unit normal truncated at 2 std, so the result has std sqrt(2/fan_in)
+            stddev = (2.0 / fan_in) ** 0.5 / 0.87962566103423978
+            value = tf.random.stateless_truncated_normal(
+                shape, _stateless_seed(self.config.seed, name), stddev=stddev)
+        elif initial == "ones":
+            value = tf.ones(shape)
+        else:
+            value = tf.zeros(shape)
+        if trainable:
+            variable = tf.Variable(value, name=name, trainable=True)
+        else:
+            # Moving statistics: each replica keeps its own and reads average them (Keras BN's
+            # convention), so MirroredStrategy needs no cross-replica sync inside the step.
+            variable = tf.Variable(value, name=name, trainable=False,
+                                   synchronization=tf.VariableSynchronization.ON_READ,
+                                   aggregation=tf.VariableAggregation.MEAN)
+        self.variables_by_name[name] = variable
+        return variable
+
+    def _conv_variables(self, scope, kernel, channels_in, channels_out, bias=False):
+        name = f"{scope}/weights" if self.config.variant == "slim" else f"{scope}/kernel"
+        self._variable(name, [kernel, kernel, channels_in, channels_out], "he")
+        self.conv_kernel_names.append(name)
+        if bias:
+            self._variable(f"{scope}/bias", [channels_out])
+
+    def _bn_variables(self, scope, channels):
+        self._variable(f"{scope}/gamma", [channels], "ones")
+        self._variable(f"{scope}/beta", [channels])
+        self._variable(f"{scope}/moving_mean", [channels], trainable=False)
+        self._variable(f"{scope}/moving_variance", [channels], "ones", trainable=False)
+
+    def _create_slim_variables(self):
+        root = "resnet_v1_50"
+        self._conv_variables(f"{root}/conv1", 7, 3, 64)
+        self._bn_variables(f"{root}/conv1/BatchNorm", 64)
+        channels = 64
+        for block, (depth, units, _) in enumerate(BLOCKS, start=1):
+            for unit in range(1, units + 1):
+                scope = f"{root}/block{block}/unit_{unit}/bottleneck_v1"
+                if unit == 1:  # depth changes: projection shortcut
+                    self._conv_variables(f"{scope}/shortcut", 1, channels, 4 * depth)
+                    self._bn_variables(f"{scope}/shortcut/BatchNorm", 4 * depth)
+                for conv, (kernel, cin, cout) in enumerate(
+                        [(1, channels, depth), (3, depth, depth), (1, depth, 4 * depth)], start=1):
+                    self._conv_variables(f"{scope}/conv{conv}", kernel, cin, cout)
+                    self._bn_variables(f"{scope}/conv{conv}/BatchNorm", cout)
+                channels = 4 * depth
+        self._conv_variables(f"{root}/logits", 1, 2048, self.config.num_classes)
+        self._variable(f"{root}/logits/biases", [self.config.num_classes])
+
+    def _create_keras_variables(self):
+        self._conv_variables("conv1_conv", 7, 3, 64, bias=True)
+        self._bn_variables("conv1_bn", 64)
+        channels = 64
+        for stage, (depth, units, _) in enumerate(KERAS_BLOCKS, start=2):
+            for unit in range(1, units + 1):
+                scope = f"conv{stage}_block{unit}"
+                if unit == 1:
+                    self._conv_variables(f"{scope}_0_conv", 1, channels, 4 * depth, bias=True)
+                    self._bn_variables(f"{scope}_0_bn", 4 * depth)
+                for conv, (kernel, cin, cout) in enumerate(
+                        [(1, channels, depth), (3, depth, depth), (1, depth, 4 * depth)], start=1):
+                    self._conv_variables(f"{scope}_{conv}_conv", kernel, cin, cout, bias=True)
+                    self._bn_variables(f"{scope}_{conv}_bn", cout)
+                channels = 4 * depth
+        self._variable("predictions/kernel", [2048, self.config.num_classes], "he")
+        self.conv_kernel_names.append("predictions/kernel")
+        self._variable("predictions/bias", [self.config.num_classes])
+
+    # ---------------------------------------------------------------- layers
+    def _spatial(self, values):
+        """[top, bottom] / [left, right] style pairs placed in the data format's H, W slots."""
+        if self.config.data_format == "NHWC":
+            return [[0, 0], values[0], values[1], [0, 0]]
+        return [[0, 0], [0, 0], values[0], values[1]]
+
+    def _conv(self, x, scope, stride=1, padding="SAME", bias=False):
+        kernel_name = f"{scope}/weights" if self.config.variant == "slim" else f"{scope}/kernel"
+        kernel = tf.cast(self.variables_by_name[kernel_name], self.compute_dtype)
+        if isinstance(padding, int):  # explicit symmetric zero padding, then VALID
+            padding = self._spatial([[padding, padding], [padding, padding]])
+        y = tf.nn.conv2d(x, kernel, strides=stride, padding=padding,
+                         data_format=self.config.data_format)
+        if bias:
+            y = tf.nn.bias_add(y, tf.cast(self.variables_by_name[f"{scope}/bias"], self.compute_dtype),
+                               data_format=self.config.data_format)
+        return y
+
+    def _batch_norm(self, x, scope, training, relu):
+        v = self.variables_by_name
+        gamma, beta = v[f"{scope}/gamma"], v[f"{scope}/beta"]
+        moving_mean, moving_variance = v[f"{scope}/moving_mean"], v[f"{scope}/moving_variance"]
+        epsilon = self.meta.batch_norm_epsilon
+        use_batch_statistics = training and not self.config.freeze_batch_norm
+        channels_last = self.config.data_format == "NHWC"
+        if self.config.fused_batch_norm:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta,
+                mean=None if use_batch_statistics else moving_mean,
+                variance=None if use_batch_statistics else moving_variance,
+                epsilon=epsilon, data_format=self.config.data_format,
+                is_training=use_batch_statistics)
+        else:
+            # The same arithmetic as separate ops, statistics in fp32.
+            x32 = tf.cast(x, tf.float32)
+            shape = [1, 1, 1, -1] if channels_last else [1, -1, 1, 1]
+            if use_batch_statistics:
+                axes = [0, 1, 2] if channels_last else [0, 2, 3]
+                mean, biased_variance = tf.nn.moments(x32, axes)
+                count = tf.cast(tf.size(x32) // tf.size(mean), tf.float32)
+                # The fused kernel hands back the unbiased (Bessel-corrected) variance for the
+                # moving average; match it so fused and unfused train identically.
+                variance = biased_variance * count / tf.maximum(count - 1.0, 1.0)
+                normalise_mean, normalise_variance = mean, biased_variance
+            else:
+                normalise_mean, normalise_variance = moving_mean, moving_variance
+            y = tf.nn.batch_normalization(
+                x32, tf.reshape(normalise_mean, shape), tf.reshape(normalise_variance, shape),
+                tf.reshape(beta, shape), tf.reshape(gamma, shape), epsilon)
+            y = tf.cast(y, x.dtype)
+        if use_batch_statistics:
+            decay = self.config.batch_norm_momentum
+            moving_mean.assign(moving_mean * decay + tf.cast(mean, tf.float32) * (1.0 - decay))
+            moving_variance.assign(
+                moving_variance * decay + tf.cast(variance, tf.float32) * (1.0 - decay))
+        return tf.nn.relu(y) if relu else y
+
+    def _conv_bn(self, x, scope, training, relu=True, stride=1, padding="SAME"):
+        slim = self.config.variant == "slim"
+        x = self._conv(x, scope, stride, padding, bias=not slim)
+        bn_scope = f"{scope}/BatchNorm" if slim else scope[: -len("conv")] + "bn"
+        return self._batch_norm(x, bn_scope, training, relu)
+
+    def _subsample(self, x, stride):
+        if stride == 1:
+            return x
+        return x[:, ::stride, ::stride, :] if self.config.data_format == "NHWC" else x[:, :, ::stride, ::stride]
+
+    # ---------------------------------------------------------------- forward
+    def _preprocess(self, images):
+        """uint8/float RGB NHWC 0-255 -> compute dtype, mean-subtracted, in data_format."""
+        x = tf.cast(images, tf.float32)
+        if self.meta.channel_order == "BGR":
+            x = x[..., ::-1]
+        x = x - tf.constant(self.meta.channel_means, tf.float32)
+        x = tf.cast(x, self.compute_dtype)
+        if self.config.data_format == "NCHW":
+            x = tf.transpose(x, [0, 3, 1, 2])
+        return x
+
+    def _slim_body(self, x, training):
+        root = "resnet_v1_50"
+        # conv1 is slim's conv2d_same: pad 3 on each side, 7x7 stride 2 VALID.
+        x = self._conv_bn(x, f"{root}/conv1", training, stride=2, padding=3)
+        x = tf.nn.max_pool2d(x, 3, 2, "SAME", data_format=self.config.data_format)
+        for block, (depth, units, stride) in enumerate(BLOCKS, start=1):
+            for unit in range(1, units + 1):
+                scope = f"{root}/block{block}/unit_{unit}/bottleneck_v1"
+                unit_stride = stride if unit == units else 1
+                if unit == 1:
+                    shortcut = self._conv_bn(x, f"{scope}/shortcut", training, relu=False,
+                                             stride=unit_stride)
+                else:
+                    shortcut = self._subsample(x, unit_stride)
+                r = self._conv_bn(x, f"{scope}/conv1", training)
+                # Stride 2 is conv2d_same: explicit (1, 1) padding. Plain SAME would pad (0, 1)
+                # on even sizes and shift the whole feature map.
+                r = self._conv_bn(r, f"{scope}/conv2", training, stride=unit_stride,
+                                  padding=1 if unit_stride > 1 else "SAME")
+                r = self._conv_bn(r, f"{scope}/conv3", training, relu=False)
+                x = tf.nn.relu(shortcut + r)
+        return x
+
+    def _keras_body(self, x, training):
+        x = self._conv_bn(x, "conv1_conv", training, stride=2, padding=3)
+        x = tf.pad(x, self._spatial([[1, 1], [1, 1]]))  # ZeroPadding2D(1), then VALID pool
+        x = tf.nn.max_pool2d(x, 3, 2, "VALID", data_format=self.config.data_format)
+        for stage, (depth, units, stride) in enumerate(KERAS_BLOCKS, start=2):
+            for unit in range(1, units + 1):
+                scope = f"conv{stage}_block{unit}"
+                unit_stride = stride if unit == 1 else 1
+                if unit == 1:
+                    shortcut = self._conv_bn(x, f"{scope}_0_conv", training, relu=False,
+                                             stride=unit_stride)
+                else:
+                    shortcut = x
+                r = self._conv_bn(x, f"{scope}_1_conv", training, stride=unit_stride)
+                r = self._conv_bn(r, f"{scope}_2_conv", training)
+                r = self._conv_bn(r, f"{scope}_3_conv", training, relu=False)
+                x = tf.nn.relu(shortcut + r)
+        return x
+
+    def features(self, images, training=False):
+        """Pooled 2048-d features, float32 [B, 2048]."""
+        x = self._preprocess(images)
+        x = self._slim_body(x, training) if self.config.variant == "slim" else self._keras_body(x, training)
+        axes = [1, 2] if self.config.data_format == "NHWC" else [2, 3]
+        return tf.cast(tf.reduce_mean(tf.cast(x, tf.float32), axes), tf.float32)
+
+    def __call__(self, images, training=False):
+        """float32 logits [B, num_classes]; the classifier runs in fp32 whatever the precision."""
+        features = self.features(images, training)
+        v = self.variables_by_name
+        if self.config.variant == "slim":
+            kernel = tf.reshape(v["resnet_v1_50/logits/weights"], [2048, self.config.num_classes])
+            bias = v["resnet_v1_50/logits/biases"]
+        else:
+            kernel, bias = v["predictions/kernel"], v["predictions/bias"]
+        return tf.matmul(features, kernel) + bias
+
+    def weight_decay_loss(self):
+        """L2 on conv kernels (the classifier's included) only, as slim's arg scope: wd * sum(w^2)/2."""
+        if self.config.weight_decay == 0:
+            return tf.constant(0.0)
+        return self.config.weight_decay * tf.add_n(
+            [tf.nn.l2_loss(self.variables_by_name[name]) for name in self.conv_kernel_names])
+
+
+def resnet_v1_50(num_classes: int, data_format: str = "NHWC", fused_batch_norm: bool = True,
+                 precision: str = "fp32", variant: str = "slim", **options) -> ResNet50:
+    """ResNet-50 v1 (options: any other ModelConfig field, e.g. xla=True, freeze_batch_norm=True)."""
+    return ResNet50(ModelConfig(num_classes=num_classes, data_format=data_format,
+                                fused_batch_norm=fused_batch_norm, precision=precision,
+                                variant=variant, **options))

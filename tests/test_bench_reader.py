@@ -1,0 +1,134 @@
+"""bench.reader: the CLI writes self-describing rows, fails per backend, and times honestly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from bench import reader as bench_reader
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_bench")
+    rng = np.random.default_rng(0)
+    for class_name in ("daisy", "roses"):
+        os.makedirs(root / class_name)
+        for index in range(6):
+            height, width = rng.integers(40, 121, 2)
+            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            ok, encoded = cv2.imencode(".jpg", image)
+            assert ok
+            (root / class_name / f"{index}.jpg").write_bytes(encoded.tobytes())
+    (root / "LICENSE.txt").write_text("not an image")
+    return root
+
+
+def _run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, "-m", "bench.reader", *args],
+        cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_cli_writes_one_self_describing_row_per_backend(tiny_folder, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    result = _run_cli(
+        "--data_url", str(tiny_folder), "--backend", "tfdata,opencv", "--backend", "dali",
+        "--num_threads", "1", "--seconds", "1", "--warmup_seconds", "0.2",
+        "--batch_size", "4", "--image_size", "32", "--out", str(out),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["backend"] for row in rows] == ["tfdata", "opencv", "dali"]
+    for row in rows:
+        assert row["config"]["backend"] == row["backend"]
+        assert row["config"]["image_size"] == 32 and row["config"]["seed"] == 0
+        assert row["environment"]["cpu_count_logical"] >= 1
+        assert "git_commit" in row["environment"] and "python_version" in row["environment"]
+    for row in rows[:2]:
+        assert "error" not in row, row["error"]
+        assert row["samples_per_sec"] > 0 and row["samples_per_sec_stderr"] >= 0
+        assert row["num_images"] == 4 * row["num_batches"]
+    # DALI may be missing on a machine: then its row says why, and the run still succeeds.
+    dali = rows[2]
+    assert ("error" in dali and dali["error"]) or dali["samples_per_sec"] > 0
+    assert "vs tfdata" in result.stderr  # the side-by-side table
+
+
+def test_unknown_backend_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_reader.parse_args(["--backend", "tfdata,torch", "--num_threads", "1"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'torch'" in capsys.readouterr().err
+
+
+def test_lists_of_backends_and_threads_are_flattened():
+    args = bench_reader.parse_args(
+        ["--backend", "cxx,tfdata", "--backend", "dali,cxx", "--num_threads", "1,2", "--num_threads", "4"]
+    )
+    assert args.backend == ["cxx", "tfdata", "dali"]
+    assert args.num_threads == [1, 2, 4]
+
+
+def test_a_failing_backend_becomes_an_error_row():
+    config = bench_reader.ReaderBenchConfig(backend="opencv", num_threads=1, batch_size=2, image_size=8)
+    row = bench_reader.run_one(config, ["/nonexistent/a.jpg"] * 4, [0] * 4, 1, environment={})
+    assert "a.jpg" in row["error"] and "samples_per_sec" not in row
+    assert row["config"]["backend"] == "opencv"
+
+
+def test_check_batch_rejects_blank_images():
+    config = bench_reader.ReaderBenchConfig(backend="cxx", num_threads=1, batch_size=2, image_size=4)
+    labels = np.zeros(2, np.int32)
+    with pytest.raises(ValueError, match="constant"):
+        bench_reader.check_batch(np.zeros((2, 4, 4, 3), np.uint8), labels, config, num_classes=1)
+    with pytest.raises(ValueError, match="expected uint8"):
+        bench_reader.check_batch(np.ones((2, 4, 4, 3), np.float32), labels, config, num_classes=1)
+
+
+def test_time_batches_measures_a_known_rate():
+    # A fake backend giving 8 images every 20 ms is 400 img/s; sleep overshoot only lowers it.
+    config = bench_reader.ReaderBenchConfig(
+        backend="cxx", num_threads=1, batch_size=8, image_size=2, seconds=0.5, warmup_seconds=0.05
+    )
+    rng = np.random.default_rng(0)
+
+    def fake_batches():
+        while True:
+            time.sleep(0.02)
+            yield rng.integers(0, 256, (8, 2, 2, 3), dtype=np.uint8), np.zeros(8, np.int32)
+
+    figures = bench_reader.time_batches(fake_batches(), config, num_classes=1)
+    assert 300 < figures["samples_per_sec"] <= 401
+    assert figures["num_images"] == 8 * figures["num_batches"]
+    assert figures["samples_per_sec_window_min"] <= figures["samples_per_sec"] <= figures["samples_per_sec_window_max"]
+
+
+def test_random_crop_window_stays_inside_the_image():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        height, width = rng.integers(10, 500, 2)
+        top, left, crop_height, crop_width = bench_reader.random_crop_window(
+            int(height), int(width), rng, (0.08, 1.0), (3 / 4, 4 / 3)
+        )
+        assert 0 <= top and top + crop_height <= height and crop_height > 0
+        assert 0 <= left and left + crop_width <= width and crop_width > 0
+
+
+def test_missing_dali_is_an_error_row_not_a_crash(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # makes "import nvidia.dali" fail
+    config = bench_reader.ReaderBenchConfig(backend="dali", num_threads=1, batch_size=2, image_size=8)
+    row = bench_reader.run_one(config, ["x.jpg"], [0], 1, environment={})
+    assert row["backend"] == "dali" and "ModuleNotFoundError" in row["error"]
