@@ -242,15 +242,16 @@ def dali_batches(config: ReaderBenchConfig, files: Files, labels: Labels) -> Ite
                 random_aspect_ratio=list(config.aspect_range),
                 num_attempts=10,
             )
-            # antialias=False: the same plain bilinear as the tf.data and OpenCV backends
-            # (DALI's default antialiased resize does more work per pixel).
-            images = fn.resize(images, resize_x=size, resize_y=size, antialias=False)
+            # DALI's default resize: antialiased, like our reader (tf.data and OpenCV use plain
+            # 2-tap bilinear). antialias=False measured no faster here (927 vs 966 img/s, 2
+            # threads, separate runs): DALI's time goes to decoding.
+            images = fn.resize(images, resize_x=size, resize_y=size)
             images = fn.crop_mirror_normalize(
                 images, dtype=types.UINT8, output_layout="HWC", mirror=fn.random.coin_flip()
             )
         else:
             images = fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
-            images = fn.resize(images, resize_shorter=round(size * 256 / 224), antialias=False)
+            images = fn.resize(images, resize_shorter=round(size * 256 / 224))
             images = fn.crop_mirror_normalize(
                 images, crop=(size, size), dtype=types.UINT8, output_layout="HWC"
             )

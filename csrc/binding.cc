@@ -167,6 +167,7 @@ PYBIND11_MODULE(_reader, m) {
       JpegDecoder decoder(make_decoder_options(max_pixels, 0xFFu, fast_idct, fancy_upsampling));
       decoder.decode(ptr, size, &region);
     }
+    // A full decode has no crop: the rows are packed (stride == width * 3, offset 0).
     return owning_array(std::move(region.pixels), {region.height, region.width, 3});
   }, py::arg("data"), py::arg("max_pixels") = 100000000ull, py::arg("fast_idct") = false,
      py::arg("fancy_upsampling") = true);
@@ -193,7 +194,7 @@ PYBIND11_MODULE(_reader, m) {
       context.decoder.decode_region(crop, out_width, out_height, use_dct_scaling, &context.region);
       const DecodedRegion& region = context.region;
       scale = region.scale_num;
-      resize_rgb(region.pixels.data(), region.width, region.height, region.box, out_width,
+      resize_rgb(region.data(), region.width, region.height, region.stride, region.box, out_width,
                  out_height, flip, out_layout, pixels.data(), &context.scratch);
     }
     return py::make_tuple(owning_array(std::move(pixels), image_shape(out_height, out_width, out_layout)),

@@ -39,7 +39,7 @@ void augment_image(const uint8_t* data, size_t size, const ImageOptions& options
   context->decoder.decode_region(box, options.image_size, options.image_size,
                                  options.use_dct_scaling, &context->region);
   const DecodedRegion& region = context->region;
-  resize_rgb(region.pixels.data(), region.width, region.height, region.box, options.image_size,
+  resize_rgb(region.data(), region.width, region.height, region.stride, region.box, options.image_size,
              options.image_size, flip, options.layout, out, &context->scratch);
 }
 

@@ -167,10 +167,20 @@ void JpegDecoder::run_decode(const CropBox* box, int min_width, int min_height,
     jpeg_crop_scanline(cinfo, &crop_x, &crop_width);
   }
   const int skip_left = x0 - static_cast<int>(crop_x);
-  const int components = cmyk ? 4 : 3;
   const int width = x1 - x0, height = y1 - y0;
-  state_->row.resize(static_cast<size_t>(cinfo->output_width) * components);
-  out->pixels.resize(static_cast<size_t>(width) * height * 3);
+  const size_t row_bytes = static_cast<size_t>(cinfo->output_width) * 3;  // after the crop
+  if (cmyk) {
+    // 4 components: decode row by row into a side buffer and convert into a packed region.
+    state_->row.resize(static_cast<size_t>(cinfo->output_width) * 4);
+    out->pixels.resize(static_cast<size_t>(width) * height * 3);
+    out->offset = 0;
+    out->stride = static_cast<size_t>(width) * 3;
+  } else {
+    // RGB: libjpeg writes straight into the region buffer, whole (iMCU-widened) rows.
+    out->pixels.resize(row_bytes * height);
+    out->offset = static_cast<size_t>(skip_left) * 3;
+    out->stride = row_bytes;
+  }
   out->width = width;
   out->height = height;
   out->scale_num = scale;
@@ -181,17 +191,20 @@ void JpegDecoder::run_decode(const CropBox* box, int min_width, int min_height,
   }
   if (y0 > 0) jpeg_skip_scanlines(cinfo, static_cast<JDIMENSION>(y0));
   const bool inverted = cinfo->saw_Adobe_marker != 0;
-  for (int y = 0; y < height; ++y) {
-    JSAMPROW row = state_->row.data();
-    if (jpeg_read_scanlines(cinfo, &row, 1) != 1)
-      ERREXIT(cinfo, JERR_BAD_STATE);  // cannot happen with a memory source; be loud if it does
-    uint8_t* dst = out->pixels.data() + static_cast<size_t>(y) * width * 3;
-    const uint8_t* src = state_->row.data() + static_cast<size_t>(skip_left) * components;
-    if (cmyk) {
-      cmyk_row_to_rgb(src, dst, width, inverted);
-    } else {
-      std::copy(src, src + static_cast<size_t>(width) * 3, dst);
+  JSAMPROW rows[4];  // libjpeg returns at most max_v_samp_factor (<= 4) rows per call
+  for (int y = 0; y < height;) {
+    const int wanted = std::min(4, height - y);
+    for (int k = 0; k < wanted; ++k) {
+      rows[k] = cmyk ? state_->row.data() : out->pixels.data() + (y + k) * row_bytes;
     }
+    // With the CMYK side buffer, one row at a time.
+    const JDIMENSION got = jpeg_read_scanlines(cinfo, rows, cmyk ? 1 : wanted);
+    if (got == 0) ERREXIT(cinfo, JERR_BAD_STATE);  // cannot happen with a memory source
+    if (cmyk) {
+      cmyk_row_to_rgb(state_->row.data() + static_cast<size_t>(skip_left) * 4,
+                      out->pixels.data() + static_cast<size_t>(y) * out->stride, width, inverted);
+    }
+    y += static_cast<int>(got);
   }
   // Abort rather than finish: the rows below the crop are never decoded.
   jpeg_abort_decompress(cinfo);

@@ -44,11 +44,15 @@ struct CropBox {
   double x = 0, y = 0, width = 0, height = 0;
 };
 
-// Decoded RGB pixels of a region, plus where the requested crop box lies inside them.
+// Decoded RGB pixels of a region, plus where the requested crop box lies inside them. libjpeg
+// writes whole iMCU-aligned rows straight into `pixels`; the region starts `offset` bytes in.
 struct DecodedRegion {
-  std::vector<uint8_t> pixels;  // interleaved RGB, row stride = width * 3
+  std::vector<uint8_t> pixels;  // interleaved RGB rows of `stride` bytes
+  size_t offset = 0;
+  size_t stride = 0;
   int width = 0;
   int height = 0;
+  const uint8_t* data() const { return pixels.data() + offset; }
   CropBox box;      // the crop box in this buffer's (scaled) pixel coordinates
   int scale_num = 8;  // DCT scale used: scale_num / 8
 };

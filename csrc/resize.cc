@@ -10,7 +10,6 @@ namespace {
 
 // GCC/Clang vector extension: SSE on x86-64, NEON on ARM, plain code elsewhere.
 typedef float Float4 __attribute__((vector_size(16)));
-typedef int32_t Int4 __attribute__((vector_size(16)));
 
 // Filter taps for one axis: output i reads source pixels start[i] .. start[i] + taps - 1 with
 // weights[i * taps ..]; every output has the same tap count (zero weights pad the short ones),
@@ -57,17 +56,11 @@ int compute_taps(int in_size, double box_start, double box_extent, int out_size,
   return taps;
 }
 
-// Rounds to uint8. The weights are non-negative and sum to one, so every output is a convex
-// combination of uint8 inputs and lies in [0, 255] up to float rounding: no clamping needed.
-__attribute__((always_inline)) inline Int4 round_to_int(Float4 value) {
-  const Float4 half = {0.5f, 0.5f, 0.5f, 0.5f};
-  return __builtin_convertvector(value + half, Int4);
-}
-
 // Sum of `taps` weighted pixels (3 floats each, loaded as 4). A compile-time tap count lets the
 // compiler unroll the loop for the common cases.
 template <int kTaps>
-__attribute__((always_inline)) inline Float4 weighted_pixels(const float* pixel, const float* weights, int taps) {
+__attribute__((always_inline)) inline Float4 weighted_pixels(const float* pixel,
+                                                             const float* weights, int taps) {
   Float4 total = {0.f, 0.f, 0.f, 0.f};
   const int count = kTaps > 0 ? kTaps : taps;
   for (int k = 0; k < count; ++k) {
@@ -78,21 +71,31 @@ __attribute__((always_inline)) inline Float4 weighted_pixels(const float* pixel,
   return total;
 }
 
+// One output row, as floats: pixel x lands at row[3x .. 3x+2]. Each pixel is stored as 4 floats
+// and the next one overwrites the 4th, so `row` needs one float of slack.
 template <int kTaps>
-__attribute__((always_inline)) inline void horizontal_row(const float* sums, int column_first, const ResizeScratch& scratch, int taps,
-                    int out_width, Layout layout, size_t plane, uint8_t* out_row) {
+__attribute__((always_inline)) inline void horizontal_row(const float* sums, int column_first,
+                                                          const ResizeScratch& scratch, int taps,
+                                                          int out_width, float* row) {
   for (int x = 0; x < out_width; ++x) {
     const float* pixel = sums + (scratch.x_start[x] - column_first) * 3;
-    const Int4 value = round_to_int(weighted_pixels<kTaps>(
-        pixel, scratch.x_weights.data() + static_cast<size_t>(x) * taps, taps));
-    if (layout == Layout::kHWC) {
-      out_row[3 * x] = static_cast<uint8_t>(value[0]);
-      out_row[3 * x + 1] = static_cast<uint8_t>(value[1]);
-      out_row[3 * x + 2] = static_cast<uint8_t>(value[2]);
-    } else {
-      out_row[x] = static_cast<uint8_t>(value[0]);
-      out_row[plane + x] = static_cast<uint8_t>(value[1]);
-      out_row[2 * plane + x] = static_cast<uint8_t>(value[2]);
+    const Float4 value = weighted_pixels<kTaps>(
+        pixel, scratch.x_weights.data() + static_cast<size_t>(x) * taps, taps);
+    std::memcpy(row + 3 * x, &value, sizeof(value));
+  }
+}
+
+// Rounds a float row to uint8, interleaved (HWC) or into three planes (CHW). The weights are
+// non-negative and sum to one, so every value is a convex combination of uint8 inputs and lies
+// in [0, 255] up to float rounding: no clamping needed.
+__attribute__((always_inline)) inline void store_row(const float* row, int out_width,
+                                                     Layout layout, size_t plane, uint8_t* out) {
+  if (layout == Layout::kHWC) {
+    for (int i = 0; i < out_width * 3; ++i) out[i] = static_cast<uint8_t>(static_cast<int>(row[i] + 0.5f));
+  } else {
+    for (int c = 0; c < 3; ++c) {
+      for (int x = 0; x < out_width; ++x)
+        out[c * plane + x] = static_cast<uint8_t>(static_cast<int>(row[3 * x + c] + 0.5f));
     }
   }
 }
@@ -104,7 +107,8 @@ __attribute__((always_inline)) inline void horizontal_row(const float* sums, int
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-void resize_rgb(const uint8_t* src, int src_width, int src_height, const CropBox& box,
+void resize_rgb(const uint8_t* src, int src_width, int src_height, size_t src_stride,
+                const CropBox& box,
                 int out_width, int out_height, bool flip, Layout layout, uint8_t* out,
                 ResizeScratch* scratch) {
   const int x_taps =
@@ -119,7 +123,8 @@ void resize_rgb(const uint8_t* src, int src_width, int src_height, const CropBox
   // +4: the horizontal pass loads 4 floats for a 3-float pixel and may read one past the end.
   scratch->column_sums.assign(static_cast<size_t>(values) + 4, 0.0f);
   float* sums = scratch->column_sums.data();
-  const size_t src_stride = static_cast<size_t>(src_width) * 3;
+  scratch->out_row.resize(static_cast<size_t>(out_width) * 3 + 1);
+  float* resampled = scratch->out_row.data();
   const size_t plane = static_cast<size_t>(out_width) * out_height;
 
   for (int y = 0; y < out_height; ++y) {
@@ -134,14 +139,15 @@ void resize_rgb(const uint8_t* src, int src_width, int src_height, const CropBox
       for (int i = 0; i < values; ++i) sums[i] += weight * row[i];
     }
     // Horizontal pass: each RGB pixel as one 4-float vector (the 4th lane is ignored).
-    uint8_t* out_row = layout == Layout::kHWC ? out + static_cast<size_t>(y) * out_width * 3
-                                              : out + static_cast<size_t>(y) * out_width;
     switch (x_taps) {
-      case 2: horizontal_row<2>(sums, column_first, *scratch, x_taps, out_width, layout, plane, out_row); break;
-      case 3: horizontal_row<3>(sums, column_first, *scratch, x_taps, out_width, layout, plane, out_row); break;
-      case 4: horizontal_row<4>(sums, column_first, *scratch, x_taps, out_width, layout, plane, out_row); break;
-      default: horizontal_row<0>(sums, column_first, *scratch, x_taps, out_width, layout, plane, out_row);
+      case 2: horizontal_row<2>(sums, column_first, *scratch, x_taps, out_width, resampled); break;
+      case 3: horizontal_row<3>(sums, column_first, *scratch, x_taps, out_width, resampled); break;
+      case 4: horizontal_row<4>(sums, column_first, *scratch, x_taps, out_width, resampled); break;
+      default: horizontal_row<0>(sums, column_first, *scratch, x_taps, out_width, resampled);
     }
+    store_row(resampled, out_width, layout, plane,
+              layout == Layout::kHWC ? out + static_cast<size_t>(y) * out_width * 3
+                                     : out + static_cast<size_t>(y) * out_width);
   }
 }
 

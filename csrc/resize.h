@@ -23,11 +23,13 @@ struct ResizeScratch {
   std::vector<int> x_start, y_start;
   std::vector<float> x_weights, y_weights;
   std::vector<float> column_sums;  // one output row resampled vertically, at source width
+  std::vector<float> out_row;      // the same row resampled horizontally, before rounding
 };
 
-// src: interleaved RGB, src_width x src_height, row stride src_width * 3.
+// src: interleaved RGB, src_width x src_height, rows src_stride bytes apart.
 // box: the area to resample, in src pixel-edge coordinates (fractions allowed).
-void resize_rgb(const uint8_t* src, int src_width, int src_height, const CropBox& box,
+void resize_rgb(const uint8_t* src, int src_width, int src_height, size_t src_stride,
+                const CropBox& box,
                 int out_width, int out_height, bool flip, Layout layout, uint8_t* out,
                 ResizeScratch* scratch);
 
