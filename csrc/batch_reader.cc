@@ -64,6 +64,7 @@ struct BatchReader::InFlight {
   std::vector<uint8_t> failed;  // per slot
   int remaining = 0;            // slots not finished yet
   bool ready = false;
+  std::string error;            // set when no image of the batch could be decoded
 };
 
 namespace {
@@ -209,11 +210,13 @@ void BatchReader::finish_batch_locked(InFlight* batch) {
     }
   }
   if (good < 0) {
-    if (fatal_error_.empty()) {
-      fatal_error_ = "every image of batch " + std::to_string(batch->step) + " of epoch " +
-                     std::to_string(batch->epoch) + " failed to decode, e.g. " +
-                     paths_[batch->files[0]] + "; see the reader's bad-file summary";
-    }
+    // Reported when the consumer reaches this batch, so earlier batches are still delivered
+    // and the error names the same batch whatever the thread timing.
+    batch->error = "every image of batch " + std::to_string(batch->step) + " of epoch " +
+                   std::to_string(batch->epoch) + " failed to decode, e.g. " +
+                   paths_[batch->files[0]] + "; see the reader's bad-file summary";
+    batch->ready = true;
+    batch_ready_.notify_all();
     return;
   }
   BatchBuffer& buffer = *batch->buffer;
@@ -302,6 +305,11 @@ BatchReader::Status BatchReader::next(Batch* out, int timeout_ms) {
     }
     if (!in_flight_.empty() && in_flight_.front().ready) {
       InFlight& front = in_flight_.front();
+      if (!front.error.empty()) {
+        fatal_error_ = front.error;
+        work_ready_.notify_all();  // stop the workers
+        throw std::runtime_error(fatal_error_);
+      }
       out->buffer = std::move(front.buffer);
       out->size = front.size;
       out->epoch = front.epoch;
