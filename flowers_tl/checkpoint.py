@@ -116,9 +116,9 @@ def _read_tf_checkpoint(path: str) -> tuple[str, dict[str, np.ndarray], str]:
 
 
 def _read_keras_h5(path: str) -> tuple[str, dict[str, np.ndarray], str]:
-    """Keras weight files: the legacy HDF5 layout of the public
-    resnet50_weights_tf_dim_ordering_tf_kernels[_notop].h5 (and of model.save('x.h5')), or
-    Keras 3's `.weights.h5` (layers/<name>/vars/<index>)."""
+    """Keras weight files in the legacy HDF5 layout of the public
+    resnet50_weights_tf_dim_ordering_tf_kernels[_notop].h5 (and of keras.saving.save_model(
+    model, 'x.h5')): layer groups listed in `layer_names`, each with its `weight_names`."""
     import h5py  # comes with TensorFlow
 
     tensors = {}
@@ -133,19 +133,12 @@ def _read_keras_h5(path: str) -> tuple[str, dict[str, np.ndarray], str]:
                     short = variable.split("/")[-1]
                     tensors[f"{layer}/{short}"] = np.asarray(group[layer][weight])
             return path, tensors, "Keras HDF5 weights"
-        if "layers" in handle:
-            order = {2: ("kernel", "bias"), 4: ("gamma", "beta", "moving_mean", "moving_variance")}
-            for layer, layer_group in handle["layers"].items():
-                if "vars" not in layer_group or not len(layer_group["vars"]):
-                    continue
-                values = [np.asarray(layer_group["vars"][str(i)])
-                          for i in range(len(layer_group["vars"]))]
-                if len(values) not in order:
-                    raise ValueError(f"{path}: layer {layer} has {len(values)} weights; expected "
-                                     "a conv/dense (kernel, bias) or a batch norm (4)")
-                for short, value in zip(order[len(values)], values):
-                    tensors[f"{layer}/{short}"] = value
-            return path, tensors, "Keras 3 .weights.h5"
+        if "layers" in handle and "vars" in handle:
+            # Keras 3 keys layers by position-derived names (conv2d_12, ...), not layer names.
+            raise ValueError(f"{path} is a Keras 3 .weights.h5 file, whose layers are named by "
+                             "position, not by layer name, so it cannot be checked name by name; "
+                             "save the model with keras.saving.save_model(model, 'x.h5') (the "
+                             "legacy HDF5 layout of the public ResNet50 weight files)")
     raise ValueError(f"{path}: not a Keras weights file (no layer_names and no layers group)")
 
 

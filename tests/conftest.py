@@ -1,4 +1,6 @@
-"""Shared helpers: tiny JPEGs made at test time, of every kind the reader supports."""
+"""Shared helpers: tiny JPEGs made at test time, of every kind the reader supports, and model
+calibration for parity tests."""
+import dataclasses
 import io
 
 import cv2
@@ -66,3 +68,25 @@ def small_dataset(tmp_path):
     rng = np.random.default_rng(1)
     sizes = [(int(rng.integers(40, 120)), int(rng.integers(40, 120))) for _ in range(40)]
     return write_dataset(tmp_path / "data", sizes, kinds=("420", "444", "progressive", "gray"))
+
+
+def calibrate_batch_norm(model, images):
+    """Sets every BN moving mean/variance of `model` to the batch statistics of `images` in one
+    training-mode pass (momentum 0), so random weights give O(1) activations through all 16
+    units instead of exploding (with the default 0/1 statistics logits reach ~1e3). Also gives
+    gamma/beta random values so parity tests notice a swapped or dropped BN parameter."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(7)
+    for name, variable in model.variables_by_name.items():
+        if name.endswith("/gamma"):
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype(np.float32))
+        elif name.endswith("/beta"):
+            variable.assign(rng.uniform(-0.2, 0.2, variable.shape).astype(np.float32))
+    saved = model.config
+    object.__setattr__(model, "config", dataclasses.replace(saved, batch_norm_momentum=0.0,
+                                                            freeze_batch_norm=False))
+    try:
+        model(tf.constant(images), training=True)
+    finally:
+        object.__setattr__(model, "config", saved)
