@@ -113,6 +113,10 @@ BatchReader::BatchReader(std::vector<std::string> paths, std::vector<int32_t> la
     images_per_epoch_ = shard_count;
   }
   total_batches_ = o.num_epochs < 0 ? -1 : o.num_epochs * steps_per_epoch_;
+  check(o.start_batch >= 0, "start_batch must be >= 0");
+  // Batch b depends only on (seed, b): starting at b gives exactly the batches an
+  // uninterrupted run would have produced from there.
+  next_batch_ = consumed_ = o.start_batch;
   image_bytes_ = static_cast<size_t>(o.image.image_size) * o.image.image_size * 3;
   known_bad_.assign(paths_.size(), 0);
   pool_ = std::make_shared<BufferPool>(image_bytes_, o.batch_size,

@@ -43,6 +43,7 @@ struct ReaderOptions {
   int num_shards = 1;
   bool drop_remainder = false;
   int64_t num_epochs = -1;  // < 0: repeat forever
+  int64_t start_batch = 0;  // first batch of the stream (resuming: skipped without decoding)
   bool skip_bad_files = true;
   DecoderOptions decoder;
   ImageOptions image;

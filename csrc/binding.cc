@@ -253,7 +253,7 @@ PYBIND11_MODULE(_reader, m) {
       .def(py::init([](std::vector<std::string> paths, std::vector<int32_t> labels, int batch_size,
                        int image_size, bool training, bool shuffle, int num_threads,
                        const std::string& layout, uint64_t seed, int prefetch, int shard_index,
-                       int num_shards, bool drop_remainder, int64_t num_epochs,
+                       int num_shards, bool drop_remainder, int64_t num_epochs, int64_t start_batch,
                        std::pair<double, double> area_range, std::pair<double, double> aspect_range,
                        bool random_flip, double eval_resize_ratio, bool use_dct_scaling,
                        unsigned allowed_scales, uint64_t max_pixels, bool fast_idct,
@@ -268,6 +268,7 @@ PYBIND11_MODULE(_reader, m) {
              options.num_shards = num_shards;
              options.drop_remainder = drop_remainder;
              options.num_epochs = num_epochs;
+             options.start_batch = start_batch;
              options.skip_bad_files = skip_bad_files;
              options.decoder =
                  make_decoder_options(max_pixels, allowed_scales, fast_idct, fancy_upsampling);
@@ -280,7 +281,8 @@ PYBIND11_MODULE(_reader, m) {
            py::arg("paths"), py::arg("labels"), py::arg("batch_size"), py::arg("image_size"),
            py::arg("training"), py::arg("shuffle"), py::arg("num_threads"), py::arg("layout"),
            py::arg("seed"), py::arg("prefetch"), py::arg("shard_index"), py::arg("num_shards"),
-           py::arg("drop_remainder"), py::arg("num_epochs"), py::arg("area_range"),
+           py::arg("drop_remainder"), py::arg("num_epochs"), py::arg("start_batch"),
+           py::arg("area_range"),
            py::arg("aspect_range"), py::arg("random_flip"), py::arg("eval_resize_ratio"),
            py::arg("use_dct_scaling"), py::arg("allowed_scales"), py::arg("max_pixels"),
            py::arg("fast_idct"), py::arg("fancy_upsampling"), py::arg("skip_bad_files"))

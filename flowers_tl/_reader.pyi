@@ -34,7 +34,7 @@ class BatchReader:
     def __init__(
         self, paths: list[str], labels: list[int], batch_size: int, image_size: int,
         training: bool, shuffle: bool, num_threads: int, layout: str, seed: int, prefetch: int,
-        shard_index: int, num_shards: int, drop_remainder: bool, num_epochs: int,
+        shard_index: int, num_shards: int, drop_remainder: bool, num_epochs: int, start_batch: int,
         area_range: tuple[float, float], aspect_range: tuple[float, float], random_flip: bool,
         eval_resize_ratio: float, use_dct_scaling: bool, allowed_scales: int, max_pixels: int,
         fast_idct: bool, fancy_upsampling: bool, skip_bad_files: bool,

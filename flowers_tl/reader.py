@@ -55,6 +55,7 @@ class ReaderConfig:
     num_shards: int = 1
     drop_remainder: bool = False
     num_epochs: int | None = None  # None: repeat forever
+    start_batch: int = 0  # resume: the stream starts at this batch (earlier ones not decoded)
     area_range: tuple[float, float] = (0.08, 1.0)
     aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
     random_flip: bool = True
@@ -102,6 +103,7 @@ class ReaderConfig:
         need(self.num_shards >= 1, "num_shards", "must be >= 1")
         need(0 <= self.shard_index < self.num_shards, "shard_index", "must be in [0, num_shards)")
         need(self.num_epochs is None or self.num_epochs >= 0, "num_epochs", "must be >= 0 or None")
+        need(self.start_batch >= 0, "start_batch", "must be >= 0")
         need(0.0 < self.area_range[0] <= self.area_range[1] <= 1.0, "area_range",
              "must satisfy 0 < min <= max <= 1")
         need(0.0 < self.aspect_range[0] <= self.aspect_range[1], "aspect_range",
@@ -156,7 +158,7 @@ class Reader:
         self._reader = _reader.BatchReader(
             paths, label_list, c.batch_size, c.image_size, c.training, c.shuffle, c.num_threads,
             c.layout, c.seed, c.prefetch, c.shard_index, c.num_shards, c.drop_remainder,
-            -1 if c.num_epochs is None else c.num_epochs, c.area_range, c.aspect_range,
+            -1 if c.num_epochs is None else c.num_epochs, c.start_batch, c.area_range, c.aspect_range,
             c.random_flip, c.eval_resize_ratio, c.use_dct_scaling, _scale_mask(c.dct_scales),
             c.max_pixels, c.fast_idct, c.fancy_upsampling, c.skip_bad_files)
         self.epoch = 0  # epoch and step of the last batch returned

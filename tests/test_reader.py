@@ -301,3 +301,15 @@ def test_tf_data_bridge_gives_shapes_and_dtypes(small_dataset):
     assert images.dtype == tf.uint8 and images.shape == (8, 24, 24, 3)
     assert batch_labels.dtype == tf.int32 and batch_labels.shape == (8,)
     assert dataset.element_spec[0].shape.as_list() == [None, 24, 24, 3]
+
+
+def test_start_batch_resumes_the_exact_stream(small_dataset):
+    files, labels = small_dataset
+    kwargs = dict(batch_size=6, image_size=24, seed=5, num_threads=2)
+    with Reader(files, labels, **kwargs) as reader:
+        full = [next(reader)[0].copy() for _ in range(12)]  # crosses an epoch boundary (7/epoch)
+    with Reader(files, labels, start_batch=5, **kwargs) as reader:
+        resumed = [next(reader)[0].copy() for _ in range(7)]
+        assert (reader.epoch, reader.step) == (1, 4)
+    for a, b in zip(full[5:], resumed):
+        np.testing.assert_array_equal(a, b)
