@@ -90,7 +90,7 @@ class LossScale(tf.Module):
                                    tf.where(finite, self.scale, tf.maximum(self.scale / 2.0, 1.0))))
         self.good_steps.assign(tf.where(tf.logical_and(finite, tf.logical_not(grow)),
                                         self.good_steps + 1, tf.zeros_like(self.good_steps)))
-        self.skipped_steps.assign_add(tf.where(finite, 0, 1))
+        self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
 
 
 def make_train_step(model, optimizer: MomentumSGD, strategy, global_batch_size: int,
