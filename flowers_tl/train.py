@@ -188,11 +188,14 @@ def source_checkpoint(config, per_class: int) -> str:
           f"-> {folder}", flush=True)
     source = dataclasses.replace(
         config, data_url=source_data, train_url=folder, checkpoint_url=config_lib.FROM_SCRATCH,
-        epochs=config.epochs * 2, lr_schedule=f"{config.epochs * 1.5:g}:0.05,"
-        f"{config.epochs * 2:g}:0.005", val_fraction=0.0, target_metric="train",
+        epochs=config.epochs * 2, lr_schedule=f"{config.epochs * 1.5:g}:0.02,"
+        f"{config.epochs * 2:g}:0.002", val_fraction=0.0, target_metric="train",
         stop_at_target=False, export=False, max_steps=None, per_class=None,
         note="built-in source task")
-    train(source, data_url=source_data, checkpoint_url=config_lib.FROM_SCRATCH)
+    summary = train(source, data_url=source_data, checkpoint_url=config_lib.FROM_SCRATCH)
+    if summary["stop_reason"] != "finished":  # interrupted: resumes on the next run
+        raise TrainingStopped(f"source checkpoint training {summary['stop_reason']}; rerun to "
+                              "resume it")
     with open(done, "w") as handle:
         handle.write("ok\n")
     return os.path.join(folder, "checkpoints")
@@ -209,10 +212,12 @@ def make_input(config, files, labels, local_batch, worker, workers, start_batch,
             yield images, batch_labels
     if config.input == "tfdata":
         from flowers_tl.tfdata import make_dataset
-        dataset = make_dataset(files, labels, local_batch, config.image_size, training=True,
+        dataset = make_dataset(files[worker::workers], labels[worker::workers], local_batch,
+                               config.image_size, training=True,
                                num_threads=config.reader_threads, seed=config.seed + worker,
                                drop_remainder=True)
         yield from dataset.as_numpy_iterator()
+        return
     from flowers_tl.reader import Reader
     with Reader(files, labels, batch_size=local_batch, image_size=config.image_size,
                 training=True, num_threads=config.reader_threads, seed=config.seed,
