@@ -40,11 +40,11 @@ import tensorflow as tf
 
 from flowers_tl.checkpoint import restore_pretrained
 from flowers_tl.model import ModelConfig, ResNet50
+from flowers_tl.tfdata import EVAL_RESIZE_RATIO, resize_shorter_and_center_crop
 
 # What every export is, whatever the training run used.
 SERVING_CONFIG = dict(data_format="NHWC", precision="fp32", fused_batch_norm=True, xla=False)
 TEMP_PREFIX = ".tmp-export-"
-EVAL_RESIZE_RATIO = 256 / 224  # shorter side to round(S * 256/224), centre crop S: as tfdata/reader
 # Exported graph vs the fp32 training model (any layout, XLA or not) on the same images: the
 # same arithmetic, only summation order differs. Relative to the logit scale, max(1, max |logit|).
 # An fp16/bf16 training model computes a different, rounded function (on random or off-
@@ -85,17 +85,7 @@ def eval_preprocess(image: tf.Tensor, image_size: int) -> tf.Tensor:
     at 224: mean |diff| under 0.5 grey level, max 3 (tests/test_export.py checks mean < 1,
     max <= 6). It grows to a few levels mean (max ~25) when a photo is barely larger than the
     crop, where rounding the resized size moves the crop by up to half a source pixel."""
-    height = tf.cast(tf.shape(image)[0], tf.float32)
-    width = tf.cast(tf.shape(image)[1], tf.float32)
-    shorter_target = float(round(image_size * EVAL_RESIZE_RATIO))
-    scale = shorter_target / tf.minimum(height, width)
-    # Round, and never below the target, so the central crop always fits.
-    new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), int(shorter_target))
-    new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), int(shorter_target))
-    resized = tf.image.resize(image, [new_height, new_width], method="bilinear", antialias=True)
-    offset_y = (new_height - image_size) // 2
-    offset_x = (new_width - image_size) // 2
-    crop = resized[offset_y:offset_y + image_size, offset_x:offset_x + image_size, :]
+    crop = resize_shorter_and_center_crop(image, image_size, antialias=True)
     crop = tf.round(tf.clip_by_value(crop, 0.0, 255.0))
     return tf.ensure_shape(crop, [image_size, image_size, 3])
 

@@ -131,6 +131,12 @@ def _train_example(path, label, index, seed, image_size, area_range, aspect_rang
 
 def _eval_image(path, image_size):
     image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)  # default IDCT: see above
+    return _to_uint8(resize_shorter_and_center_crop(image, image_size, antialias=False))
+
+
+def resize_shorter_and_center_crop(image, image_size: int, antialias: bool):
+    """Evaluation geometry: shorter side to round(image_size * 256/224), central square crop.
+    Float [image_size, image_size, 3]; shared with the SavedModel's JPEG signature."""
     height = tf.cast(tf.shape(image)[0], tf.float32)
     width = tf.cast(tf.shape(image)[1], tf.float32)
     shorter_target = float(round(image_size * EVAL_RESIZE_RATIO))
@@ -138,12 +144,11 @@ def _eval_image(path, image_size):
     # Round, and never below the target, so the central crop always fits.
     new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), int(shorter_target))
     new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), int(shorter_target))
-    image = tf.image.resize(image, [new_height, new_width], method="bilinear", antialias=False)
+    image = tf.image.resize(image, [new_height, new_width], method="bilinear", antialias=antialias)
     offset_y = (new_height - image_size) // 2
     offset_x = (new_width - image_size) // 2
     image = image[offset_y : offset_y + image_size, offset_x : offset_x + image_size, :]
-    image = tf.ensure_shape(image, [image_size, image_size, 3])
-    return _to_uint8(image)
+    return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
 def _to_uint8(image):
