@@ -3,6 +3,8 @@ calibration for parity tests."""
 import dataclasses
 import io
 
+import flowers_tl  # noqa: F401  (sets TensorFlow's kernel options before anything imports it)
+
 import cv2
 import numpy as np
 import pytest

@@ -93,9 +93,10 @@ def test_xla_step_matches_plain_step(plain, batch):
     after = _snapshot(model)
 
     # The forward pass is well conditioned: loss and BN statistics agree to float32 rounding
-    # (measured: 1e-6 relative).
+    # (measured: 1e-6 relative with TensorFlow's default kernels, 2e-5 with oneDNN's, which
+    # the plain step uses and XLA does not).
     for key in ("loss", "cross_entropy", "accuracy"):
-        assert metrics[key] == pytest.approx(plain["metrics"][key], rel=1e-5), key
+        assert metrics[key] == pytest.approx(plain["metrics"][key], rel=1e-4), key
     for name in after:
         if "moving_" in name:
             np.testing.assert_allclose(after[name], plain["after"][name], rtol=1e-4, atol=1e-5,
