@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -39,6 +38,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from bench.env import describe_environment
+from bench.results import append_row
 
 BACKENDS = ("cxx", "tfdata", "opencv", "dali")
 Batch = tuple[np.ndarray, np.ndarray]
@@ -528,13 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{config.backend} x{config.num_threads}: {row['samples_per_sec']:.1f} "
                   f"± {row['samples_per_sec_stderr']:.1f} img/s ({row['num_images']} images)",
                   file=sys.stderr)
-        line = json.dumps(row, default=str)
-        if args.out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "a", encoding="utf-8") as out:
-                out.write(line + "\n")
-        else:
-            print(line, flush=True)
+        append_row(row, args.out)
     print(format_table(rows), file=sys.stderr)
     return 0
 

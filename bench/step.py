@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bench.env import REPO_ROOT, describe_environment
+from bench.results import append_row
 from bench.reader import MAD_TO_STD, _list_of
 
 MODELS = ("ours", "keras")
@@ -422,13 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             status = f"skipped: {row['skipped']}" if "skipped" in row else f"error: {row['error']}"
         print(f"{config.name}: {status} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-        line = json.dumps(row, default=str)
-        if args.out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "a", encoding="utf-8") as out:
-                out.write(line + "\n")
-        else:
-            print(line, flush=True)
+        append_row(row, args.out)
     print(format_table(rows), file=sys.stderr)
     print(napkin_math(args.image_size, args.forward_gflop, args.peak_gflops), file=sys.stderr)
     return 0

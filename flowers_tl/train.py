@@ -488,7 +488,7 @@ def train(config: config_lib.TrainConfig, data_url: str | None = None,
         with open(os.path.join(train_url, "result.json"), "w") as handle:
             json.dump(summary, handle, indent=2)
         print(f"{stop_reason} at step {step}; "
-              + (f"checkpoint saved, rerun the same command to resume" if
+              + ("checkpoint saved, rerun the same command to resume" if
                  stop_reason.startswith("interrupted") else f"results in {train_url}"),
               flush=True)
     return summary

@@ -96,7 +96,8 @@ def test_own_checkpoint_restores_into_a_new_model(tmp_path):
     calibrate_batch_norm(model, images)
     path = tf.train.Checkpoint(model=model, step=tf.Variable(7)).save(str(tmp_path / "ckpt"))
     fresh = resnet_v1_50(3, seed=2)
-    report = restore_pretrained(fresh, str(tmp_path), exclude_patterns=())
+    report = restore_pretrained(fresh, str(tmp_path), exclude_patterns=())  # the folder
+    assert report.path == path
     assert report.source_format == "flowers_tl checkpoint" and len(report.loaded) == 267
     np.testing.assert_array_equal(fresh(images, training=False), model(images, training=False))
 

@@ -5,7 +5,6 @@ fancy upsampling), exactly what our decoder asks libjpeg for, so full decodes mu
 Resizes are compared with PIL's antialiased BILINEAR, the same triangle filter; PIL computes in
 fixed point and we in float, hence ±2 levels.
 """
-import io
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@
 Models are calibrated (conftest.calibrate_batch_norm) so activations are O(1) and differences
 between implementations are not hidden by saturation or blown up by explosion. Images 64 px.
 """
-import dataclasses
 
 import numpy as np
 import pytest

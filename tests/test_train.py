@@ -169,7 +169,7 @@ def test_resume_after_sigterm_and_kill_9(tiny_data, tmp_path, kill_signal):
     assert saved >= logged - 1  # at most one checkpoint interval (1 step) lost
     code, output = run(command)
     assert code == 0, output[-3000:]
-    assert f"resumed from" in output and f"at step {saved}" in output
+    assert "resumed from" in output and f"at step {saved}" in output
     assert max(row["step"] for row in metrics(url, "step")) == 8
 
 
