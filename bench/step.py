@@ -66,8 +66,8 @@ class StepBenchConfig:
     xla: bool = False
     data_format: str | None = None
     fused_batch_norm: bool | None = None
-    # TF_ENABLE_ONEDNN_OPTS for the cell's process; None: TensorFlow's default for this CPU
-    # (off on AVX2-only CPUs such as this project's AMD EPYC, on with AVX512-VNNI/AMX).
+    # TF_ENABLE_ONEDNN_OPTS for the cell's process; None: left unset, so importing flowers_tl
+    # turns oneDNN on (rows record what was really used in `onednn_enabled`).
     onednn: bool | None = None
     image_size: int = 128
     batch_size: int = 32
@@ -382,8 +382,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", type=_list_of(str, PRECISIONS), default=["fp32"])
     parser.add_argument("--xla", type=_list_of(boolean), default=[False])
     parser.add_argument("--onednn", type=_list_of(boolean), default=[None],
-                        help="TF_ENABLE_ONEDNN_OPTS per cell, e.g. false,true (default: leave "
-                             "TensorFlow's default for this CPU)")
+                        help="TF_ENABLE_ONEDNN_OPTS per cell, e.g. false,true (default: unset, "
+                             "i.e. flowers_tl's default, on)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cell_timeout", type=float, default=1200.0,
                         help="seconds one cell (its own process) may take")
