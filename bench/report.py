@@ -1,0 +1,308 @@
+"""A sweep's results folder from its rows: tuned.json, results.csv, report.md and the plots.
+
+    python -m bench.report results/<time>-<host>-<preset>     # write them again from the rows
+
+tuned.json is the fastest cell that reached the target, in the form `python -m flowers_tl.train
+--config tuned.json` takes (TrainConfig keys only). A cell counts as having reached it when its
+own time-to-target run did, or when a time-to-target run of the same configuration except for
+knobs that change only the kernels (SPEED_ONLY_KNOBS) did. When no time-to-target phase ran, it
+is the fastest cell; when one ran and nothing reached the target, the fastest cell with a note.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.cell import read_jsonl
+
+# Knobs that change the kernels, not the arithmetic (up to rounding; tfdata draws its random
+# crops from the same distribution with another generator).
+SPEED_ONLY_KNOBS = ("data_format", "batch_norm_fused", "xla", "input", "reader_threads")
+NOT_A_SETTING = ("train_url", "note")
+FIRST_COLUMNS = ("cell", "role", "phase", "status", "default", "images_per_sec",
+                 "images_per_sec_stderr", "images_per_sec_jitter", "images_per_sec_per_device",
+                 "step_time_sec", "data_wait_fraction", "speedup_vs_keras_fit",
+                 "speedup_vs_slowest", "speedup_vs_default", "reached",
+                 "seconds_to_target_from_process_start", "seconds_to_target_from_first_step",
+                 "best_accuracy", "reason", "error")
+
+
+# ------------------------------------------------------------------------------- the choice
+def timed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Our loop's measured throughput cells (the Keras anchor is not a configuration of ours)."""
+    return [row for row in rows if row["phase"] == "throughput" and row["status"] == "ok"
+            and row["role"] != "anchor-keras-fit"]
+
+
+def same_arithmetic(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    ignored = SPEED_ONLY_KNOBS + NOT_A_SETTING
+    return {k: v for k, v in a.items() if k not in ignored} == \
+        {k: v for k, v in b.items() if k not in ignored}
+
+
+def choose_tuned(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
+    """(the winning row, why it won)."""
+    timed = timed_rows(rows)
+    ttt = [row for row in rows if row["phase"] == "time_to_target" and row["status"] == "ok"]
+    # a configuration that only ran to the target competes with its whole-run images/sec
+    timed += [dict(row, images_per_sec=row["whole_run_images_per_sec"]) for row in ttt
+              if row.get("whole_run_images_per_sec") and row["cell"] not in
+              {t["cell"] for t in timed}]
+    if not timed:
+        return None, "no cell was measured"
+    fastest = max(timed, key=lambda row: row["images_per_sec"])
+    if not ttt:
+        return fastest, f"the fastest cell ({fastest['images_per_sec']:.1f} img/s); no " \
+                        "time-to-target phase ran"
+    reached = [row for row in ttt if row.get("reached")]
+    eligible = [(row, run) for row in timed for run in reached
+                if same_arithmetic(row["production_config"], run["production_config"])]
+    if not eligible:
+        return fastest, (f"the fastest cell ({fastest['images_per_sec']:.1f} img/s); no "
+                         "time-to-target run reached its target within its budget")
+    row, run = max(eligible, key=lambda pair: pair[0]["images_per_sec"])
+    how = "its own time-to-target run" if run["cell"] == row["cell"] else \
+        f"the time-to-target run of {run['cell']} (same arithmetic, other kernels)"
+    return row, (f"the fastest cell that reached the target ({row['images_per_sec']:.1f} img/s;"
+                 f" {run['target_metric']} {run['target_accuracy']} in "
+                 f"{run['seconds_to_target_from_process_start']:.0f} s by {how})")
+
+
+def tuned_config(row: dict[str, Any], why: str, folder: Path) -> dict[str, Any]:
+    config = {k: v for k, v in row["production_config"].items() if k != "train_url"}
+    config["note"] = f"bench.sweep {row['sweep']} ({folder.name}): {row['cell']}, {why}"
+    return config
+
+
+# ------------------------------------------------------------------------------- the files
+def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keras = next((r for r in rows if r["role"] == "anchor-keras-fit" and r["status"] == "ok"
+                  and r["phase"] == "throughput"), None)
+    timed = timed_rows(rows)
+    slowest = min(timed, key=lambda r: r["images_per_sec"], default=None)
+    default = next((r for r in timed if r["default"]), None)
+    out = []
+    for row in rows:
+        row = dict(row)
+        if row["phase"] == "throughput" and row["status"] == "ok":
+            for name, reference in (("keras_fit", keras), ("slowest", slowest),
+                                    ("default", default)):
+                row[f"speedup_vs_{name}"] = row["images_per_sec"] / reference["images_per_sec"] \
+                    if reference else None
+        out.append(row)
+    return out
+
+
+def flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, (list, tuple)):
+            flat[prefix + key] = json.dumps(value)
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    flat = [flatten(row) for row in rows]
+    keys = list(dict.fromkeys(k for row in flat for k in row))
+    columns = [k for k in FIRST_COLUMNS if k in keys] + [k for k in keys if k not in FIRST_COLUMNS]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(flat)
+
+
+def _number(value: Any, digits: int = 1, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def write_markdown(path: Path, rows: list[dict[str, Any]], reader: list[dict[str, Any]],
+                   meta: dict[str, Any], tuned: dict[str, Any] | None, why: str,
+                   tuned_path: Path) -> None:
+    environment = next((r["environment"] for r in rows), None) or {}
+    default = meta.get("default_config", {})
+    lines = [f"# Sweep `{meta['preset']}` on {environment.get('hostname', '?')}, "
+             f"{meta.get('started_utc', '')}", "",
+             f"`{meta.get('command') or 'python -m bench.sweep'}` took "
+             f"{meta.get('wall_seconds', 0) / 60:.1f} min, of which "
+             f"{meta.get('prepare_seconds', 0) / 60:.1f} min untimed preparation of the data."
+             + (" **Interrupted.**" if meta.get("interrupted") else "")
+             + (f" **{meta['error']}**" if meta.get("error") else ""), "",
+             f"Machine: {environment.get('cpu_model')}, {environment.get('cpu_count_affinity')} "
+             f"usable cores, GPUs: {', '.join(environment.get('gpus') or []) or 'none'}; "
+             f"TensorFlow {environment.get('tensorflow_version')}, "
+             f"{environment.get('compiler')}, libjpeg-turbo "
+             f"{environment.get('libjpeg_turbo_version')}, commit "
+             f"{(environment.get('git_commit') or '?')[:10]}"
+             f"{' (uncommitted changes)' if environment.get('git_dirty') else ''}.", "",
+             f"Default configuration (what you would run without the sweep): "
+             f"{default.get('image_size')} px, batch {default.get('batch_size')} per device, "
+             f"{default.get('precision')}, {default.get('data_format')}, "
+             f"{'fused' if default.get('batch_norm_fused') else 'plain'} batch norm, XLA "
+             f"{'on' if default.get('xla') else 'off'}, input {default.get('input')}, "
+             f"{default.get('num_gpus')} GPU(s); data {meta.get('data_url')}. Throughput: "
+             f"{meta.get('warmup_steps')} warm-up + {meta.get('timed_steps')} timed steps per "
+             f"cell, each synchronised, data wait included; ± is the standard error over the "
+             f"per-step rates, jitter 1.4826 x their MAD.", ""]
+    rows = add_speedups(rows)
+    timed = sorted((r for r in rows if r["phase"] == "throughput" and r["status"] == "ok"),
+                   key=lambda r: -r["images_per_sec"])
+    ttt = {r["cell"]: r for r in rows if r["phase"] == "time_to_target" and r["status"] == "ok"}
+    lines += ["## Images/sec, fastest first", "",
+              "| cell | role | img/s | ± | jitter | per device | step ms | data wait | "
+              "vs Keras fit | vs slowest | vs default | time to target |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in timed:
+        role = r["role"] + (", default" if r["default"] else "")
+        run = ttt.get(r["cell"])
+        target = "-" if run is None else (
+            f"{run['seconds_to_target_from_process_start']:.0f} s" if run["reached"]
+            else f"not reached ({_number(run['best_accuracy'], 3)})")
+        lines.append(
+            f"| {r['cell']} | {role} | {r['images_per_sec']:.2f} | "
+            f"{_number(r['images_per_sec_stderr'], 2)} | {_number(r['images_per_sec_jitter'], 2)}"
+            f" | {r['images_per_sec_per_device']:.2f} | {r['step_time_sec'] * 1e3:.0f} | "
+            f"{_number((r['data_wait_fraction'] or math.nan) * 100, 1, '%')} | "
+            f"{_number(r['speedup_vs_keras_fit'], 2, 'x')} | "
+            f"{_number(r['speedup_vs_slowest'], 2, 'x')} | "
+            f"{_number(r['speedup_vs_default'], 2, 'x')} | {target} |")
+    if ttt:
+        lines += ["", "## Time to target", "",
+                  "From the pretrained checkpoint; the clock starts with the process (MLPerf "
+                  "style: start-up, evaluation and checkpointing count) and, second figure, at "
+                  "the first training step.", "",
+                  "| cell | metric | target | reached | from process start | from first step | "
+                  "steps | best accuracy | stopped |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in ttt.values():
+            lines.append(
+                f"| {r['cell']} | {r['target_metric']} | {r['target_accuracy']} | "
+                f"{'yes' if r['reached'] else 'not reached'} | "
+                f"{_number(r.get('seconds_to_target_from_process_start'), 0, ' s')} | "
+                f"{_number(r.get('seconds_to_target_from_first_step'), 0, ' s')} | "
+                f"{r.get('steps_to_target', '-')} | {_number(r['best_accuracy'], 3)} | "
+                f"{r['stop_reason']} |")
+    if reader:
+        lines += ["", "## Reader images/sec against threads", "",
+                  f"bench.reader, {reader[0]['image_size']} px train augmentation, batch "
+                  f"{reader[0]['batch_size']}, on the sweep's data.", "",
+                  "| backend | threads | img/s | ± |", "|---|---|---|---|"]
+        for r in reader:
+            lines.append(f"| {r['backend']} | {r['num_threads']} | "
+                         f"{_number(r.get('samples_per_sec'))} | "
+                         f"{_number(r.get('samples_per_sec_stderr'))} |"
+                         if "error" not in r else
+                         f"| {r['backend']} | {r['num_threads']} | error: {r['error'][:200]} | |")
+    failed = [r for r in rows if r["status"] in ("skipped", "error")]
+    if failed:
+        lines += ["", "## Skipped and failed cells", "", "| cell | phase | status | reason |",
+                  "|---|---|---|---|"]
+        for r in failed:
+            reason = (r.get("reason") or r.get("error") or "").replace("|", "\\|")
+            lines.append(f"| {r['cell']} | {r['phase']} | {r['status']} | {reason} |")
+    lines += ["", "## Plots", "", "![images/sec per cell](images_per_sec.png)",
+              "![accuracy against wall time](accuracy_vs_time.png)",
+              "![reader images/sec against threads](reader_threads.png)", "",
+              "## Tuned configuration", ""]
+    if tuned is None:
+        lines += [f"None: {why}."]
+    else:
+        lines += [f"`tuned.json` is {tuned['cell']}: {why}. Train with it:", "",
+                  f"    python -m flowers_tl.train --config {tuned_path}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plots(folder: Path, rows: list[dict[str, Any]], reader: list[dict[str, Any]]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = sorted((r for r in rows if r["phase"] == "throughput" and r["status"] == "ok"),
+                   key=lambda r: r["images_per_sec"])
+    figure, axes = plt.subplots(figsize=(9, 1.2 + 0.4 * max(len(timed), 1)))
+    colours = {"cell": "tab:blue", "anchor-tfdata": "tab:orange", "anchor-keras-fit": "tab:grey"}
+    axes.barh([r["cell"] for r in timed], [r["images_per_sec"] for r in timed],
+              xerr=[r["images_per_sec_stderr"] or 0 for r in timed], capsize=3,
+              color=["tab:green" if r["default"] else colours[r["role"]] for r in timed])
+    axes.set_xlabel("images/sec (± standard error); green: default, orange: tf.data anchor, "
+                    "grey: Keras fit")
+    axes.tick_params(axis="y", labelsize=7)
+    figure.tight_layout()
+    figure.savefig(folder / "images_per_sec.png", dpi=110)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    curves = [r for r in rows if r.get("accuracy_curve")]
+    for r in curves:
+        times = [point[0] for point in r["accuracy_curve"]]
+        line, = axes.plot(times, [point[1] for point in r["accuracy_curve"]], marker="o",
+                          label=f"{r['cell']} train")
+        if any(point[2] is not None for point in r["accuracy_curve"]):
+            axes.plot(times, [point[2] for point in r["accuracy_curve"]], linestyle="--",
+                      color=line.get_color(), label=f"{r['cell']} val")
+        axes.axhline(r["target_accuracy"], color="grey", linewidth=0.8)
+    if not curves:
+        axes.text(0.5, 0.5, "no time-to-target phase in this sweep", ha="center",
+                  transform=axes.transAxes)
+    else:
+        axes.legend(fontsize=7)
+    axes.set_xlabel("seconds from process start")
+    axes.set_ylabel("accuracy per epoch")
+    figure.tight_layout()
+    figure.savefig(folder / "accuracy_vs_time.png", dpi=110)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    ok = [r for r in reader if "error" not in r]
+    for backend in dict.fromkeys(r["backend"] for r in ok):
+        points = sorted((r["num_threads"], r["samples_per_sec"], r["samples_per_sec_stderr"])
+                        for r in ok if r["backend"] == backend)
+        axes.errorbar([p[0] for p in points], [p[1] for p in points],
+                      yerr=[p[2] for p in points], marker="o", capsize=3, label=backend)
+    if ok:
+        axes.legend()
+        axes.set_xticks(sorted({r["num_threads"] for r in ok}))
+    else:
+        axes.text(0.5, 0.5, "no reader phase in this sweep", ha="center", transform=axes.transAxes)
+    axes.set_xlabel("threads")
+    axes.set_ylabel("images/sec")
+    figure.tight_layout()
+    figure.savefig(folder / "reader_threads.png", dpi=110)
+    plt.close(figure)
+
+
+def write_all(folder: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """tuned.json, results.csv, report.md, the plots and sweep.json (the sweep's own facts)."""
+    folder = Path(folder)
+    reader = read_jsonl(folder / "reader.jsonl")
+    tuned, why = choose_tuned(rows)
+    tuned_path = folder / "tuned.json"
+    if tuned is not None:
+        tuned_path.write_text(json.dumps(tuned_config(tuned, why, folder), indent=2,
+                                         sort_keys=True) + "\n")
+    (folder / "sweep.json").write_text(json.dumps(
+        dict(meta, tuned_cell=tuned["cell"] if tuned else None, tuned_reason=why), indent=2,
+        default=str) + "\n")
+    write_csv(folder / "results.csv", add_speedups(rows))
+    write_markdown(folder / "report.md", rows, reader, meta, tuned, why, tuned_path)
+    write_plots(folder, rows, reader)
+
+
+def main(argv: list[str] | None = None) -> int:
+    folder = Path((argv or sys.argv[1:])[0])
+    meta = json.loads((folder / "sweep.json").read_text())
+    write_all(folder, read_jsonl(folder / "results.jsonl"), meta)
+    print(folder / "report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
