@@ -108,6 +108,9 @@ def step_windows(metrics: list[dict[str, Any]], warmup_steps: int, global_batch:
         cumulative = (images, seconds, row.get("data_wait_fraction", math.nan) * seconds)
         windows.append(tuple(now - then for now, then in zip(cumulative, before)))
         before = cumulative
+    if any(seconds <= 0 for _, seconds, _ in windows):
+        raise ValueError("metrics.jsonl: images_per_sec is not accumulated since the warm-up, "
+                         "so single steps cannot be timed from it")
     return windows
 
 

@@ -247,15 +247,20 @@ def write_plots(folder: Path, rows: list[dict[str, Any]], reader: list[dict[str,
                           label=f"{r['cell']} train")
         if any(point[2] is not None for point in r["accuracy_curve"]):
             axes.plot(times, [point[2] for point in r["accuracy_curve"]], linestyle="--",
-                      color=line.get_color(), label=f"{r['cell']} val")
+                      marker="x", color=line.get_color(), label=f"{r['cell']} val")
         axes.axhline(r["target_accuracy"], color="grey", linewidth=0.8)
+        if r.get("reached"):
+            axes.axvline(r["seconds_to_target_from_process_start"], color=line.get_color(),
+                         linewidth=0.8, linestyle=":")
+    axes.set_xlim(left=0)
+    axes.set_ylim(0, 1.02)
     if not curves:
         axes.text(0.5, 0.5, "no time-to-target phase in this sweep", ha="center",
                   transform=axes.transAxes)
     else:
         axes.legend(fontsize=7)
-    axes.set_xlabel("seconds from process start")
-    axes.set_ylabel("accuracy per epoch")
+    axes.set_xlabel("seconds from process start (dotted: target reached)")
+    axes.set_ylabel("accuracy per epoch (grey: the target)")
     figure.tight_layout()
     figure.savefig(folder / "accuracy_vs_time.png", dpi=110)
     plt.close(figure)

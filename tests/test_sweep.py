@@ -143,8 +143,9 @@ def test_tuned_json_round_trips_into_the_train_configuration(smoke):
     given, config_file = config_lib.parse_args(["--config", tuned_path])
     config = config_lib.resolve(given, config_file, gpus_available=0)
     assert config == config_lib.TrainConfig(**tuned)
-    winner = next(row for row in rows if row["cell"] in tuned["note"]
-                  and row["phase"] == "throughput")
+    cell = json.loads((folder / "sweep.json").read_text())["tuned_cell"]
+    assert cell in tuned["note"]
+    winner = next(row for row in rows if row["cell"] == cell and row["phase"] == "throughput")
     assert {k: v for k, v in winner["production_config"].items() if k != "note"} == \
         {k: v for k, v in tuned.items() if k != "note"} | {"train_url": None}
 

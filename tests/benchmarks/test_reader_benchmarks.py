@@ -39,7 +39,9 @@ def test_full_decode(benchmark, photos):
     benchmark(decode_all)
     seconds = benchmark.stats.stats.mean if benchmark.stats else None
     benchmark.extra_info.update(images=len(encoded), threads=1,
-                                images_per_sec=len(encoded) / seconds if seconds else None)
+                                images_per_sec=len(encoded) / seconds if seconds else None,
+                                config=dict(operation="full decode", threads=1,
+                                            images=len(encoded), per_class=PER_CLASS))
 
 
 def test_decode_and_augment_one_thread(benchmark, photos):
@@ -55,7 +57,10 @@ def test_decode_and_augment_one_thread(benchmark, photos):
     benchmark(augment_all)
     seconds = benchmark.stats.stats.mean if benchmark.stats else None
     benchmark.extra_info.update(images=len(encoded), threads=1, image_size=224,
-                                images_per_sec=len(encoded) / seconds if seconds else None)
+                                images_per_sec=len(encoded) / seconds if seconds else None,
+                                config=dict(operation="decode + random-resized-crop + flip",
+                                            threads=1, image_size=224, images=len(encoded),
+                                            per_class=PER_CLASS))
 
 
 @pytest.mark.parametrize("num_threads", sorted({1, 2, available_cores()}))
@@ -78,4 +83,7 @@ def test_batch_throughput(benchmark, photos, num_threads):
         reader.close()
     seconds = benchmark.stats.stats.mean if benchmark.stats else None
     benchmark.extra_info.update(batch_size=batch_size, image_size=224, threads=num_threads,
-                                images_per_sec=batch_size * batches / seconds if seconds else None)
+                                images_per_sec=batch_size * batches / seconds if seconds else None,
+                                config=dict(operation="Reader batches", batch_size=batch_size,
+                                            image_size=224, threads=num_threads, training=True,
+                                            batches_per_round=batches, per_class=PER_CLASS))

@@ -26,14 +26,17 @@ def batch():
     return tf.constant(images), tf.constant(labels)
 
 
-def _check_then_time(benchmark, run_step, read_weights):
+def _check_then_time(benchmark, run_step, read_weights, config):
     before = np.array(read_weights())
     assert np.isfinite(run_step())  # first step: traces, and must train
     assert not np.array_equal(np.array(read_weights()), before)
     benchmark.pedantic(run_step, rounds=5, warmup_rounds=1)
     seconds = benchmark.stats.stats.mean if benchmark.stats else None
     benchmark.extra_info.update(batch_size=BATCH_SIZE, image_size=IMAGE_SIZE, precision="fp32",
-                                images_per_sec=BATCH_SIZE / seconds if seconds else None)
+                                images_per_sec=BATCH_SIZE / seconds if seconds else None,
+                                config=dict(config, batch_size=BATCH_SIZE, image_size=IMAGE_SIZE,
+                                            num_classes=NUM_CLASSES, precision="fp32",
+                                            xla=False))
 
 
 def test_our_train_step(benchmark, batch):
@@ -41,7 +44,8 @@ def test_our_train_step(benchmark, batch):
     step = make_train_step(model, MomentumSGD(0.01, momentum=0.9))
     weights = model.variables_by_name["resnet_v1_50/conv1/weights"]
     # float(): reading the loss back waits for the step to finish.
-    _check_then_time(benchmark, lambda: float(step(*batch)["loss"]), weights.numpy)
+    _check_then_time(benchmark, lambda: float(step(*batch)["loss"]), weights.numpy,
+                     dict(model="ours", data_format="NHWC", fused_batch_norm=True))
 
 
 def test_keras_train_on_batch(benchmark, batch):
@@ -52,4 +56,5 @@ def test_keras_train_on_batch(benchmark, batch):
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss="sparse_categorical_crossentropy")
     kernel = model.get_layer("conv1_conv").kernel
-    _check_then_time(benchmark, lambda: float(model.train_on_batch(*batch)), kernel.numpy)
+    _check_then_time(benchmark, lambda: float(model.train_on_batch(*batch)), kernel.numpy,
+                     dict(model="keras", api="train_on_batch"))
