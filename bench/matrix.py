@@ -48,6 +48,8 @@ def parse_value(name: str, text: str) -> Any:
     if name not in types:
         raise MatrixError(f"{name!r} is not a TrainConfig key (python -m flowers_tl.train --help)")
     kind = types[name]
+    if name == "checkpoint_url":
+        return text  # "none" is a value here: train from scratch (None: the built-in checkpoint)
     if text.lower() == "none" and "None" in kind:
         return None
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench import report
-from bench.cell import step_windows, throughput_figures
+from bench.cell import error_message, run_process, step_windows, throughput_figures
 from bench.matrix import (Machine, MatrixError, check_cell, expand, parse_assignments,
                           parse_value, plan)
 from flowers_tl import config as config_lib
@@ -182,6 +182,7 @@ def test_axis_values_take_the_train_config_field_types():
     assert parse_assignments("batch_size=64,precision=bf16", "--cell") == {
         "batch_size": [64], "precision": ["bf16"]}
     assert parse_value("reader_threads", "none") is None
+    assert parse_value("checkpoint_url", "none") == "none"  # from scratch, not the built-in one
     for name, value in (("bogus", "1"), ("batch_size", "many"), ("xla", "maybe"),
                         ("precision", "fp8")):
         with pytest.raises(MatrixError):
@@ -265,3 +266,25 @@ def test_tuned_is_the_fastest_cell_whose_arithmetic_reached_the_target():
     winner, why = report.choose_tuned(rows[:4])
     assert winner["cell"] == "bf16" and "no time-to-target phase ran" in why
     assert report.choose_tuned([]) == (None, "no cell was measured")
+
+
+def test_a_cell_over_its_budget_gets_sigterm_then_sigkill(tmp_path):
+    log = tmp_path / "cell.log"
+    code, seconds, over = run_process([sys.executable, "-c", "import time; time.sleep(60)"],
+                                      log, budget_sec=1, grace_sec=5)
+    assert over and code == -15 and seconds < 10  # SIGTERM: the trainer saves and exits
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
+               "print('ready', flush=True); time.sleep(60)"
+    code, seconds, over = run_process([sys.executable, "-c", stubborn], log, budget_sec=1,
+                                      grace_sec=1)
+    assert over and code == -9 and seconds < 10 and log.read_text() == "ready\n"
+
+
+def test_the_error_message_is_the_trainers_line_or_the_tracebacks_last(tmp_path):
+    log = tmp_path / "cell.log"
+    log.write_text("configuration: ...\nflowers_tl.train: error: 24 training images are less "
+                   "than one global batch of 64\n")
+    assert error_message(log).endswith("less than one global batch of 64")
+    log.write_text("Traceback (most recent call last):\n  File x\nMemoryError: out of memory\n"
+                   "I0000 some TensorFlow chatter\n")
+    assert error_message(log) == "MemoryError: out of memory"
