@@ -38,6 +38,7 @@ class TrainConfig:
     image_size: int = 224
     epochs: float = 20
     lr_schedule: str = "10:0.01,20:0.001"  # epoch:lr, MoXing's piecewise form
+    warmup_epochs: float = 0  # learning rate ramps linearly from 0 over these epochs
     momentum: float = 0.9
     weight_decay: float = 4e-5
     data_format: str | None = None  # None: NCHW on GPUs, NHWC on a CPU
@@ -47,6 +48,9 @@ class TrainConfig:
     xla: bool = False
     variant: str = "slim"
     freeze_batch_norm: bool = False
+    batch_norm_momentum: float = 0.997  # the checkpoint's; lower for runs of a few hundred steps
+    crop_area_min: float = 0.08  # random-resized-crop area range is [crop_area_min, 1]
+    zero_init_residual: bool = False  # from scratch: residual branches start at 0 (BN gamma)
     target_accuracy: float = 0.95
     target_metric: str = "train"
     stop_at_target: bool = False
@@ -215,8 +219,14 @@ def check(config: TrainConfig, gpus_available: int) -> None:
     if not config.epochs > 0:
         fail(f"--epochs {config.epochs}: must be > 0")
     parse_lr_schedule(config.lr_schedule)
+    if config.warmup_epochs < 0:
+        fail(f"--warmup_epochs {config.warmup_epochs}: must be >= 0")
     if config.momentum < 0 or config.momentum >= 1:
         fail(f"--momentum {config.momentum}: must be in [0, 1)")
+    if not 0 <= config.batch_norm_momentum < 1:
+        fail(f"--batch_norm_momentum {config.batch_norm_momentum}: must be in [0, 1)")
+    if not 0 < config.crop_area_min <= 1:
+        fail(f"--crop_area_min {config.crop_area_min}: must be in (0, 1]")
     if config.weight_decay < 0:
         fail(f"--weight_decay {config.weight_decay}: must be >= 0")
     if not 0 < config.target_accuracy <= 1:

@@ -80,6 +80,10 @@ class ModelConfig:
     batch_norm_momentum: float = 0.997
     weight_decay: float = 4e-5
     seed: int = 0  # initial values of the variables
+    # Last BN gamma of every residual branch starts at 0, so each unit starts as the identity
+    # (Goyal et al. 2017): what makes from-scratch training stable at small batches. Pretrained
+    # weights overwrite it; it only matters for training from scratch.
+    zero_init_residual: bool = False
 
     def check(self) -> None:
         if self.num_classes < 1:
@@ -102,6 +106,10 @@ def _stateless_seed(seed: int, name: str) -> tf.Tensor:
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return tf.constant([int.from_bytes(digest[:4], "little") & 0x7FFFFFFF,
                         int.from_bytes(digest[4:8], "little") & 0x7FFFFFFF], tf.int32)
+
+
+import os
+PAD_MODE = os.environ.get("PAD_MODE", "explicit")
 
 
 class ResNet50(tf.Module):
@@ -154,8 +162,9 @@ class ResNet50(tf.Module):
         if bias:
             self._variable(f"{scope}/bias", [channels_out])
 
-    def _bn_variables(self, scope, channels):
-        self._variable(f"{scope}/gamma", [channels], "ones")
+    def _bn_variables(self, scope, channels, last_in_branch=False):
+        zero = last_in_branch and self.config.zero_init_residual
+        self._variable(f"{scope}/gamma", [channels], "zeros" if zero else "ones")
         self._variable(f"{scope}/beta", [channels])
         self._variable(f"{scope}/moving_mean", [channels], trainable=False)
         self._variable(f"{scope}/moving_variance", [channels], "ones", trainable=False)
@@ -174,7 +183,7 @@ class ResNet50(tf.Module):
                 for conv, (kernel, cin, cout) in enumerate(
                         [(1, channels, depth), (3, depth, depth), (1, depth, 4 * depth)], start=1):
                     self._conv_variables(f"{scope}/conv{conv}", kernel, cin, cout)
-                    self._bn_variables(f"{scope}/conv{conv}/BatchNorm", cout)
+                    self._bn_variables(f"{scope}/conv{conv}/BatchNorm", cout, conv == 3)
                 channels = 4 * depth
         self._conv_variables(f"{root}/logits", 1, 2048, self.config.num_classes)
         self._variable(f"{root}/logits/biases", [self.config.num_classes])
@@ -192,7 +201,7 @@ class ResNet50(tf.Module):
                 for conv, (kernel, cin, cout) in enumerate(
                         [(1, channels, depth), (3, depth, depth), (1, depth, 4 * depth)], start=1):
                     self._conv_variables(f"{scope}_{conv}_conv", kernel, cin, cout, bias=True)
-                    self._bn_variables(f"{scope}_{conv}_bn", cout)
+                    self._bn_variables(f"{scope}_{conv}_bn", cout, conv == 3)
                 channels = 4 * depth
         self._variable("predictions/kernel", [2048, self.config.num_classes], "he")
         self.conv_kernel_names.append("predictions/kernel")
@@ -209,7 +218,11 @@ class ResNet50(tf.Module):
         kernel_name = f"{scope}/weights" if self.config.variant == "slim" else f"{scope}/kernel"
         kernel = tf.cast(self.variables_by_name[kernel_name], self.compute_dtype)
         if isinstance(padding, int):  # explicit symmetric zero padding, then VALID
-            padding = self._spatial([[padding, padding], [padding, padding]])
+            if PAD_MODE == "pad":
+                x = tf.pad(x, self._spatial([[padding, padding], [padding, padding]]))
+                padding = "VALID"
+            else:
+                padding = self._spatial([[padding, padding], [padding, padding]])
         y = tf.nn.conv2d(x, kernel, strides=stride, padding=padding,
                          data_format=self.config.data_format)
         if bias:

@@ -22,8 +22,10 @@ PROCESS_START = time.time()  # MLPerf-style clock: time to target counts from he
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -201,8 +203,10 @@ def source_checkpoint(config, per_class: int) -> str:
     return os.path.join(folder, "checkpoints")
 
 
-def make_input(config, files, labels, local_batch, worker, workers, start_batch, classes):
-    """An endless iterator of (uint8 images [local_batch, S, S, 3], int32 labels)."""
+def make_input(config, files, labels, local_batch, worker, workers, start_batch, classes,
+               report: dict | None = None):
+    """An endless iterator of (uint8 images [local_batch, S, S, 3], int32 labels). With the C++
+    reader, report["reader"] is set to it (for its bad-file summary)."""
     if config.input == "synthetic":  # in-memory random tensors: the step alone
         rng = np.random.default_rng(config.seed)
         images = rng.integers(0, 256, (local_batch, config.image_size, config.image_size, 3),
@@ -215,18 +219,21 @@ def make_input(config, files, labels, local_batch, worker, workers, start_batch,
         dataset = make_dataset(files[worker::workers], labels[worker::workers], local_batch,
                                config.image_size, training=True,
                                num_threads=config.reader_threads, seed=config.seed + worker,
-                               drop_remainder=True)
+                               drop_remainder=True, area_range=(config.crop_area_min, 1.0))
         yield from dataset.as_numpy_iterator()
         return
     from flowers_tl.reader import Reader
     with Reader(files, labels, batch_size=local_batch, image_size=config.image_size,
                 training=True, num_threads=config.reader_threads, seed=config.seed,
                 shard_index=worker, num_shards=workers, drop_remainder=True,
-                start_batch=start_batch) as reader:
+                start_batch=start_batch, area_range=(config.crop_area_min, 1.0)) as reader:
+        if report is not None:
+            report["reader"] = reader
         yield from reader
 
 
-def evaluate(predict, files, labels, config) -> float:
+def evaluate(predict, files, labels, config, bad_files: dict | None = None) -> float:
+    """Accuracy over files; the reader's skipped files and reasons go into bad_files."""
     from flowers_tl.reader import Reader
     correct = 0
     with Reader(files, labels, batch_size=config.batch_size, image_size=config.image_size,
@@ -234,7 +241,34 @@ def evaluate(predict, files, labels, config) -> float:
         for images, batch_labels in reader:
             predictions = predict(tf.constant(images)).numpy()
             correct += int((predictions == batch_labels).sum())
+        if bad_files is not None:
+            bad_files.update(reader.summary().first_bad_files)
     return correct / len(files)
+
+
+def input_report(train_reader, val_bad_files: dict) -> dict:
+    """What the readers skipped, for result.json: counts, and paths with reasons."""
+    report = {"images_decoded": None, "failed_reads": None, "bad_files": len(val_bad_files),
+              "first_bad_files": [[path, reason] for path, reason in val_bad_files.items()]}
+    if train_reader is not None:
+        stats = train_reader.summary()
+        report.update(images_decoded=stats.images_decoded, failed_reads=stats.failed_reads,
+                      bad_files=stats.bad_files + len(val_bad_files),
+                      first_bad_files=[list(pair) for pair in stats.first_bad_files]
+                      + report["first_bad_files"])
+    return report
+
+
+def save_checkpoint(manager, step: int) -> None:
+    """A failed save (disk full, quota, permissions) stops the run with one line. The manager
+    records a checkpoint only once it is completely written, so the earlier ones stay usable."""
+    try:
+        manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as error:
+        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error)).splitlines()[-1]
+        raise TrainingStopped(
+            f"cannot save the checkpoint of step {step} in {manager.directory}: {reason}; "
+            f"earlier checkpoints are intact (latest: {manager.latest_checkpoint})") from None
 
 
 # ------------------------------------------------------------------------------------- loop
@@ -282,7 +316,13 @@ def train(config: config_lib.TrainConfig, data_url: str | None = None,
     if data_url is None:
         data_url, checkpoint_url = built_in_data(config)
     train_url = config.train_url or default_train_url()
-    os.makedirs(train_url, exist_ok=True)
+    try:  # an unwritable run folder stops here, not after the model is built
+        os.makedirs(train_url, exist_ok=True)
+        with tempfile.TemporaryFile(dir=train_url):
+            pass
+    except OSError as error:
+        raise TrainingStopped(f"--train_url {train_url}: cannot write there: "
+                              f"{error.strerror or error}") from None
 
     # ---- data
     dataset = list_folder(data_url)
@@ -309,11 +349,13 @@ def train(config: config_lib.TrainConfig, data_url: str | None = None,
         num_classes=classes, data_format=config.data_format,
         fused_batch_norm=config.batch_norm_fused, precision=config.precision,
         variant=config.variant, xla=config.xla, freeze_batch_norm=config.freeze_batch_norm,
-        weight_decay=config.weight_decay, seed=config.seed)
+        weight_decay=config.weight_decay, batch_norm_momentum=config.batch_norm_momentum,
+        zero_init_residual=config.zero_init_residual, seed=config.seed)
     with strategy.scope():
         model = ResNet50(model_config)
-        optimizer = MomentumSGD(learning_rate_at_step(schedule, 0, steps_per_epoch),
-                                momentum=config.momentum)
+        optimizer = MomentumSGD(
+            learning_rate_at_step(schedule, 0, steps_per_epoch, config.warmup_epochs),
+            momentum=config.momentum)
         loss_scale = LossScale(config.loss_scale) if config.loss_scale else None
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         step_fn = make_train_step(model, optimizer, strategy, global_batch, loss_scale,
@@ -367,8 +409,9 @@ def train(config: config_lib.TrainConfig, data_url: str | None = None,
     log = MetricsLog(train_url, chief)
     interrupted = Interrupted()
     start_step = int(global_step.numpy())
+    input_readers, val_bad_files = {}, {}
     batches = make_input(config, list(train_set.files), list(train_set.labels), local_batch,
-                         worker, workers, start_step, classes)
+                         worker, workers, start_step, classes, report=input_readers)
     first_step_time = None
     last_save = time.time()
     window = dict(images=0, seconds=0.0, wait=0.0, compute=0.0)
@@ -382,7 +425,8 @@ def train(config: config_lib.TrainConfig, data_url: str | None = None,
             stop_reason = f"interrupted by {interrupted.signal}"
             break
         epoch = step // steps_per_epoch
-        optimizer.learning_rate.assign(learning_rate_at_step(schedule, step, steps_per_epoch))
+        optimizer.learning_rate.assign(
+            learning_rate_at_step(schedule, step, steps_per_epoch, config.warmup_epochs))
         wait_start = time.time()
         images, labels = next(batches)
         compute_start = time.time()
@@ -399,7 +443,9 @@ def train(config: config_lib.TrainConfig, data_url: str | None = None,
             raise TrainingStopped(
                 f"step {step}: non-finite gradients (loss {loss}) with "
                 f"{'loss scale ' + config.loss_scale if loss_scale else config.precision}: "
-                "nothing was applied; rerun with --loss_scale dynamic (or a smaller scale)")
+                "nothing was applied; " + ("rerun with --loss_scale dynamic (or a smaller scale)"
+                                           if loss_scale is not None else
+                                           "the run diverged: lower the learning rate"))
         step += 1
         global_step.assign(step)
         accuracy = float(metrics["accuracy"].numpy())
@@ -432,7 +478,7 @@ def train(config: config_lib.TrainConfig, data_url: str | None = None,
             values = {"train": epoch_correct / max(epoch_seen, 1)}
             if len(val_set):
                 values["val"] = evaluate(predict, list(val_set.files), list(val_set.labels),
-                                         config)
+                                         config, val_bad_files)
             row = {"kind": "epoch", "epoch": epoch + 1 if step % steps_per_epoch == 0 else
                    round(step / steps_per_epoch, 3), "step": step,
                    "train_accuracy": values["train"], "val_accuracy": values.get("val"),
@@ -468,9 +514,9 @@ def train(config: config_lib.TrainConfig, data_url: str | None = None,
         minutes = (time.time() - last_save) / 60
         if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or \
                 minutes >= config.checkpoint_every_minutes:
-            manager.save(checkpoint_number=step)
+            save_checkpoint(manager, step)
             last_save = time.time()
-    manager.save(checkpoint_number=step)
+    save_checkpoint(manager, step)
 
     summary = {"stop_reason": stop_reason, "steps": step, "total_steps": total_steps,
                "images_per_sec": window["images"] / window["seconds"] if window["seconds"] else None,
@@ -478,12 +524,22 @@ def train(config: config_lib.TrainConfig, data_url: str | None = None,
                "replicas": replicas, "global_batch": global_batch,
                "best_train_accuracy": best["train"], "best_val_accuracy": best["val"] if len(val_set) else None,
                "time_to_target": target_event, "seconds": time.time() - PROCESS_START,
-               "config": dataclasses.asdict(resolved)}
+               "config": dataclasses.asdict(resolved),
+               "input": input_report(input_readers.get("reader"), val_bad_files)}
     if chief:
+        if summary["input"]["bad_files"]:
+            print(f"input: skipped {summary['input']['bad_files']} bad file(s):\n" + "\n".join(
+                f"  {path}: {reason}" for path, reason in summary["input"]["first_bad_files"]),
+                flush=True)
         if config.export and stop_reason != f"interrupted by {interrupted.signal}":
-            from flowers_tl.export import export_saved_model
-            summary["export"] = export_saved_model(model, os.path.join(train_url, "export"),
-                                                   dataset.class_names, config.image_size)
+            from flowers_tl.export import ExportError, export_saved_model
+            try:
+                summary["export"] = export_saved_model(model, os.path.join(train_url, "export"),
+                                                       dataset.class_names, config.image_size)
+            except (OSError, ExportError) as error:
+                raise TrainingStopped(
+                    f"{error}; the checkpoint of step {step} is saved, export it with "
+                    f"python -m flowers_tl.export --train_url {train_url}") from None
             print(f"exported {summary['export']}", flush=True)
         with open(os.path.join(train_url, "result.json"), "w") as handle:
             json.dump(summary, handle, indent=2)
@@ -494,8 +550,14 @@ def train(config: config_lib.TrainConfig, data_url: str | None = None,
     return summary
 
 
-def learning_rate_at_step(schedule, step: int, steps_per_epoch: int) -> float:
-    return config_lib.learning_rate_at(schedule, step / steps_per_epoch)
+def learning_rate_at_step(schedule, step: int, steps_per_epoch: int,
+                          warmup_epochs: float = 0) -> float:
+    """The piecewise rate at this step, ramped linearly up from 0 over the warm-up epochs."""
+    epoch = step / steps_per_epoch
+    rate = config_lib.learning_rate_at(schedule, epoch)
+    if epoch < warmup_epochs:
+        rate *= (step + 1) / (warmup_epochs * steps_per_epoch)
+    return rate
 
 
 def _replica_slice(images, labels, context, per_device: int, local_replicas: int):

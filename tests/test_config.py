@@ -34,6 +34,15 @@ def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
     assert resolve({}, str(own), gpus_available=0).seed == 3
 
 
+def test_warmup_ramps_the_rate_linearly_up_to_the_schedule():
+    from flowers_tl.train import learning_rate_at_step
+    schedule = parse_lr_schedule("10:0.02,20:0.002")
+    rates = [learning_rate_at_step(schedule, step, 10, warmup_epochs=2) for step in range(25)]
+    assert rates[:20] == pytest.approx([0.02 * (step + 1) / 20 for step in range(20)])
+    assert rates[20:] == pytest.approx([0.02] * 5)
+    assert learning_rate_at_step(schedule, 150, 10, warmup_epochs=2) == 0.002
+
+
 def test_learning_rate_schedule_is_piecewise_by_epoch():
     schedule = parse_lr_schedule("10:0.01,20:0.001")
     assert [learning_rate_at(schedule, e) for e in (0, 9.99, 10, 19.5, 25)] == [
@@ -53,6 +62,9 @@ def test_learning_rate_schedule_is_piecewise_by_epoch():
     ({"precision": "fp64"}, "--precision fp64"),
     ({"image_size": 16}, "at least 32 px"),
     ({"input": "pil"}, "--input pil"),
+    ({"crop_area_min": 0.0}, "--crop_area_min 0.0: must be in"),
+    ({"batch_norm_momentum": 1.0}, "--batch_norm_momentum 1.0: must be in"),
+    ({"warmup_epochs": -1.0}, "--warmup_epochs -1.0: must be >= 0"),
 ])
 def test_impossible_settings_are_one_line_errors(given, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:

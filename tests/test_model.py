@@ -180,3 +180,16 @@ def test_weight_decay_is_l2_on_conv_kernels_only():
 def test_uint8_and_float_inputs_agree():
     model = calibrated()
     np.testing.assert_allclose(model(IMAGES), model(IMAGES.astype(np.float32)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant, suffix", [("slim", "conv3/BatchNorm/gamma"), ("keras", "_3_bn/gamma")])
+def test_zero_init_residual_starts_every_unit_as_its_shortcut(variant, suffix):
+    model = resnet_v1_50(3, seed=1, variant=variant, zero_init_residual=True)
+    zeros = [n for n, v in model.variables_by_name.items() if n.endswith("gamma") and not v.numpy().any()]
+    assert len(zeros) == 16 and all(n.endswith(suffix) for n in zeros)  # one per unit
+    before = model(IMAGES).numpy()
+    # The residual branches contribute nothing yet: changing their first convs changes nothing.
+    for name, variable in model.variables_by_name.items():
+        if name.endswith(("conv1/weights", "_1_conv/kernel")) and "block" in name:
+            variable.assign(variable * 3.0)
+    np.testing.assert_array_equal(model(IMAGES).numpy(), before)
