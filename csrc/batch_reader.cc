@@ -254,28 +254,27 @@ void BatchReader::worker_loop(int thread_index) {
     batch->buffer->labels[slot] = labels_[file];
     std::string failure;
     bool fatal = false;
-    if (known_bad_[file]) {
-      failure = "failed before";
-    } else {
-      uint8_t* out = batch->buffer->images.data() + slot * image_bytes_;
-      const uint64_t image_seed =
-          mix_seed(options_.seed, static_cast<uint64_t>(batch->epoch), static_cast<uint64_t>(file));
-      lock.unlock();
-      try {
-        read_file(paths_[file], &context.file_bytes);
-        augment_image(context.file_bytes.data(), context.file_bytes.size(), options_.image,
-                      image_seed, &context, out);
-      } catch (const DecodeError& error) {
-        failure = error.what();
-      } catch (const std::exception& error) {
-        failure = std::string("unexpected error: ") + error.what();
-        fatal = true;
-      } catch (...) {
-        failure = "unknown error";
-        fatal = true;
-      }
-      lock.lock();
+    // A file that failed before is tried again: whether it fails can depend on the crop (a
+    // truncated file decodes when the crop ends above the cut), and skipping it on the strength
+    // of another epoch's failure made batches depend on which thread got there first.
+    uint8_t* out = batch->buffer->images.data() + slot * image_bytes_;
+    const uint64_t image_seed =
+        mix_seed(options_.seed, static_cast<uint64_t>(batch->epoch), static_cast<uint64_t>(file));
+    lock.unlock();
+    try {
+      read_file(paths_[file], &context.file_bytes);
+      augment_image(context.file_bytes.data(), context.file_bytes.size(), options_.image,
+                    image_seed, &context, out);
+    } catch (const DecodeError& error) {
+      failure = error.what();
+    } catch (const std::exception& error) {
+      failure = std::string("unexpected error: ") + error.what();
+      fatal = true;
+    } catch (...) {
+      failure = "unknown error";
+      fatal = true;
     }
+    lock.lock();
     if (failure.empty()) {
       stats_.images_decoded++;
     } else {

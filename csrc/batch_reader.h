@@ -10,9 +10,10 @@
  * (seed, epoch, file index): the output does not depend on the number of threads.
  *
  * Bad files. A file that cannot be read or decoded is, by default, recorded (count, first paths
- * and reasons) and remembered, and its slot is filled with a copy of the next good image of the
- * same batch, so batches stay full and identical for any thread count. With skip_bad_files off
- * the first failure stops the reader and next() throws "Error in thread N: <path>: <reason>".
+ * and reasons), and its slot is filled with a copy of the next good image of the same batch, so
+ * batches stay full and identical for any thread count. It is tried again in later epochs (a
+ * truncated file fails only for crops that reach the cut). With skip_bad_files off the first
+ * failure stops the reader and next() throws "Error in thread N: <path>: <reason>".
  *
  * Buffers. A batch's pixels and labels live in a BatchBuffer from a pool; the consumer holds a
  * shared_ptr and the buffer returns to the pool when the last holder lets go, so the Python side
@@ -68,7 +69,7 @@ struct BadFile {
 
 struct ReaderStats {
   int64_t images_decoded = 0;   // successful decodes
-  int64_t failed_reads = 0;     // slots whose file failed (a bad file counts once per epoch)
+  int64_t failed_reads = 0;     // slots whose file failed (once per epoch in which it fails)
   int64_t bad_files = 0;        // distinct files that failed
   std::vector<BadFile> first_bad_files;  // the first ones found, with reasons
   int64_t batches_delivered = 0;
@@ -124,7 +125,7 @@ class BatchReader {
   int64_t consumed_ = 0;                 // batches handed to the consumer
   int64_t order_epoch_ = -1;
   std::vector<int32_t> order_;           // this shard's file indices for order_epoch_
-  std::vector<uint8_t> known_bad_;       // per file: failed before, do not read again
+  std::vector<uint8_t> known_bad_;       // per file: failed at least once (counted)
   std::string fatal_error_;
   bool stopping_ = false;
   ReaderStats stats_;

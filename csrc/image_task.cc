@@ -1,26 +1,48 @@
 /* File reading and the per-image decode-and-augment step (see image_task.h). */
 #include "image_task.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
-#include <memory>
 
 namespace flowers {
 
 void read_file(const std::string& path, std::vector<uint8_t>* bytes) {
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"),
-                                                       &std::fclose);
-  if (!file) throw DecodeError(std::string("cannot open: ") + std::strerror(errno));
-  if (std::fseek(file.get(), 0, SEEK_END) != 0)
-    throw DecodeError(std::string("cannot seek: ") + std::strerror(errno));
-  const long length = std::ftell(file.get());
-  if (length < 0) throw DecodeError(std::string("cannot tell size: ") + std::strerror(errno));
-  std::rewind(file.get());
-  bytes->resize(static_cast<size_t>(length));
-  if (length > 0 && std::fread(bytes->data(), 1, bytes->size(), file.get()) != bytes->size())
-    throw DecodeError(std::string("short read: ") + std::strerror(errno));
+  // open(2) rather than fopen: O_NONBLOCK so that a FIFO named *.jpg cannot block the worker
+  // (and close(), which joins it) forever, and fstat so that only regular files are read (a
+  // directory's "size" on ext4 is 2^63 - 1, which made the buffer allocation throw).
+  struct FileDescriptor {
+    int fd;
+    ~FileDescriptor() { if (fd >= 0) ::close(fd); }
+  } file{::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC)};
+  const int fd = file.fd;
+  if (fd < 0) throw DecodeError(std::string("cannot open: ") + std::strerror(errno));
+  struct stat status;
+  if (::fstat(fd, &status) != 0) throw DecodeError(std::string("cannot stat: ") + std::strerror(errno));
+  if (!S_ISREG(status.st_mode)) {
+    const char* kind = S_ISDIR(status.st_mode)    ? "a directory"
+                       : S_ISFIFO(status.st_mode) ? "a FIFO"
+                       : S_ISSOCK(status.st_mode) ? "a socket"
+                                                  : "a device";
+    throw DecodeError(std::string("not a regular file (") + kind + ")");
+  }
+  if (static_cast<uint64_t>(status.st_size) > kMaxFileBytes)
+    throw DecodeError("file is " + std::to_string(status.st_size) + " bytes, over the " +
+                      std::to_string(kMaxFileBytes >> 20) + " MiB limit for one image");
+  bytes->resize(static_cast<size_t>(status.st_size));
+  size_t done = 0;
+  while (done < bytes->size()) {
+    const ssize_t got = ::read(fd, bytes->data() + done, bytes->size() - done);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) throw DecodeError(std::string("cannot read: ") + std::strerror(errno));
+    if (got == 0) break;  // the file shrank since fstat: decode what is there
+    done += static_cast<size_t>(got);
+  }
+  bytes->resize(done);
 }
 
 void augment_image(const uint8_t* data, size_t size, const ImageOptions& options,

@@ -32,7 +32,11 @@ struct WorkerContext {
   std::vector<uint8_t> file_bytes;
 };
 
-// Reads a whole file; DecodeError naming the reason (no such file, permission denied, ...).
+// Larger files are refused before anything is allocated (a 100 MP JPEG is well under 100 MiB).
+constexpr uint64_t kMaxFileBytes = uint64_t{1} << 30;
+
+// Reads a whole regular file; DecodeError naming the reason (no such file, permission denied,
+// a directory or FIFO named *.jpg, over kMaxFileBytes, ...). Never blocks on a FIFO.
 void read_file(const std::string& path, std::vector<uint8_t>* bytes);
 
 // Decodes and augments encoded JPEG bytes into `out` (image_size^2 * 3 bytes, options.layout).

@@ -27,6 +27,24 @@ struct ErrorManager {
   std::longjmp(err->jump, 1);
 }
 
+struct ProgressManager {
+  jpeg_progress_mgr pub;  // must be first: libjpeg hands us a pointer to it
+  int max_scans;
+};
+
+// Called by libjpeg between iMCU rows while it decodes (for multi-scan files, of every scan).
+void on_progress(j_common_ptr cinfo) {
+  if (!cinfo->is_decompressor) return;
+  const int scan = reinterpret_cast<j_decompress_ptr>(cinfo)->input_scan_number;
+  const int max_scans = reinterpret_cast<ProgressManager*>(cinfo->progress)->max_scans;
+  if (scan <= max_scans) return;
+  auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
+  std::snprintf(err->message, sizeof(err->message),
+                "more than %d scans (each a pass over the whole image; encoders write about 10)",
+                max_scans);
+  std::longjmp(err->jump, 1);  // as on_error_exit: the decode's setjmp cleans up
+}
+
 void on_emit_message(j_common_ptr cinfo, int msg_level) {
   if (msg_level >= 0) return;  // trace messages
   // A truncated file is only a warning to libjpeg, which pads the rest with grey. We refuse it:
@@ -62,6 +80,7 @@ void cmyk_row_to_rgb(const uint8_t* cmyk, uint8_t* rgb, int width, bool inverted
 struct JpegDecoder::State {
   jpeg_decompress_struct cinfo;
   ErrorManager error;
+  ProgressManager progress;
   std::vector<uint8_t> row;  // one scanline as libjpeg writes it (RGB or CMYK)
   bool header_ready = false;  // read_info() succeeded and no decode has consumed it yet
 };
@@ -82,6 +101,9 @@ JpegDecoder::JpegDecoder(const DecoderOptions& options) : state_(new State), opt
   state_->error.pub.emit_message = on_emit_message;
   state_->error.message[0] = '\0';
   jpeg_create_decompress(&state_->cinfo);
+  state_->progress.pub.progress_monitor = on_progress;
+  state_->progress.max_scans = options.max_scans;
+  state_->cinfo.progress = &state_->progress.pub;
 }
 
 JpegDecoder::~JpegDecoder() {
@@ -146,6 +168,12 @@ void JpegDecoder::run_decode(const CropBox* box, int min_width, int min_height,
   cinfo->scale_denom = 8;
   cinfo->dct_method = options_.fast_idct ? JDCT_IFAST : JDCT_ISLOW;
   cinfo->do_fancy_upsampling = options_.fancy_upsampling ? TRUE : FALSE;
+  // The merged upsampler (fancy_upsampling off, 4:2:x, some DCT scales) creates no colour
+  // converter, and libjpeg-turbo 2.1 leaves the previous image's, freed by the abort, in
+  // cinfo->cconvert; jpeg_skip_scanlines() then writes through it (a heap use-after-free the
+  // fuzzer found, fuzz/regressions/skip-scanlines-stale-cconvert). Null it for every image:
+  // libjpeg sets it again whenever this image has a converter.
+  cinfo->cconvert = nullptr;
   jpeg_start_decompress(cinfo);
 
   // The region in scaled output coordinates: the crop box's pixel edges times scale/8, rounded
@@ -161,8 +189,13 @@ void JpegDecoder::run_decode(const CropBox* box, int min_width, int min_height,
     y1 = std::clamp(static_cast<int>(std::ceil((box->y + box->height) * s)), y0 + 1, scaled_height);
   }
   JDIMENSION crop_x = static_cast<JDIMENSION>(x0);
-  JDIMENSION crop_width = static_cast<JDIMENSION>(x1 - x0);
-  if (x0 > 0 || x1 < scaled_width) {
+  // At least 8 columns (up to the right edge): when a crop leaves a component less than 2
+  // samples wide, libjpeg-turbo 2.1 re-initialises the upsampler as the plain kind, which with
+  // the merged upsampler in place (fancy_upsampling off, 4:2:x) crashes in the next read
+  // (fuzz/regressions/crop-narrow-merged-upsampler). 8 >= 2 x the widest sampling ratio (4).
+  JDIMENSION crop_width =
+      static_cast<JDIMENSION>(std::min(std::max(x1 - x0, 8), scaled_width - x0));
+  if (x0 > 0 || x0 + static_cast<int>(crop_width) < scaled_width) {
     // Widens the window to iMCU boundaries: crop_x moves left, crop_width grows.
     jpeg_crop_scanline(cinfo, &crop_x, &crop_width);
   }

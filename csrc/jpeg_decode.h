@@ -60,6 +60,10 @@ struct DecodedRegion {
 struct DecoderOptions {
   // Headers claiming more pixels than this are refused before anything is allocated.
   uint64_t max_pixels = 100000000;
+  // Files with more scans are refused. Every scan of a progressive (or non-interleaved) JPEG
+  // is a pass over the whole image, and a scan header is a dozen bytes, so a tiny hostile file
+  // can otherwise keep a worker busy for minutes; real encoders write about 10 scans.
+  int max_scans = 500;
   // Bit M-1 set: the DCT scale M/8 (M = 1..8) may be used. libjpeg-turbo has SIMD code for
   // 1/8, 1/4, 1/2 and 1 only; the other scales run scalar IDCTs (4:2:0 chroma at up to 16x16).
   unsigned allowed_scales = 0xFFu;

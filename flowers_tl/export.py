@@ -28,6 +28,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -192,9 +193,14 @@ def export_saved_model(model: ResNet50, export_root: str, class_names: Sequence[
                            "eval_resize_ratio": EVAL_RESIZE_RATIO,
                            "tensorflow": tf.__version__}, handle, indent=1)
             module = _ServingModule(serving, names, image_size, labels_path, info_path)
-            tf.saved_model.save(module, temp_dir, signatures={
-                "serving_default": module.serve.get_concrete_function(),
-                "predict_jpeg": module.predict_jpeg.get_concrete_function()})
+            try:
+                tf.saved_model.save(module, temp_dir, signatures={
+                    "serving_default": module.serve.get_concrete_function(),
+                    "predict_jpeg": module.predict_jpeg.get_concrete_function()})
+            except tf.errors.OpError as error:  # e.g. a full disk while writing the variables
+                reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error))
+                raise ExportError(f"writing the SavedModel into {export_root} failed, nothing "
+                                  f"published: {reason.splitlines()[-1]}") from None
             if verify:
                 _verify(temp_dir, model, serving, names, image_size, scratch)
         return _publish(temp_dir, export_root)
