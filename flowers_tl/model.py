@@ -108,10 +108,6 @@ def _stateless_seed(seed: int, name: str) -> tf.Tensor:
                         int.from_bytes(digest[4:8], "little") & 0x7FFFFFFF], tf.int32)
 
 
-import os
-PAD_MODE = os.environ.get("PAD_MODE", "explicit")
-
-
 class ResNet50(tf.Module):
     """ResNet-50 v1, slim or keras topology. Call as model(images, training=False)."""
 
@@ -218,11 +214,7 @@ class ResNet50(tf.Module):
         kernel_name = f"{scope}/weights" if self.config.variant == "slim" else f"{scope}/kernel"
         kernel = tf.cast(self.variables_by_name[kernel_name], self.compute_dtype)
         if isinstance(padding, int):  # explicit symmetric zero padding, then VALID
-            if PAD_MODE == "pad":
-                x = tf.pad(x, self._spatial([[padding, padding], [padding, padding]]))
-                padding = "VALID"
-            else:
-                padding = self._spatial([[padding, padding], [padding, padding]])
+            padding = self._spatial([[padding, padding], [padding, padding]])
         y = tf.nn.conv2d(x, kernel, strides=stride, padding=padding,
                          data_format=self.config.data_format)
         if bias:
