@@ -198,3 +198,22 @@ def test_two_worker_processes_on_localhost(tiny_data, tmp_path):
     assert "2 replica(s) on 2 worker(s)" in outputs[0] and "global batch 8" in outputs[0]
     assert max(row["step"] for row in metrics(url, "step")) == 3
     assert tf.train.latest_checkpoint(url / "checkpoints").endswith("-3")
+
+
+def test_divergence_without_a_loss_scale_names_the_first_bad_step_and_the_real_fix(tiny_data,
+                                                                                 tmp_path):
+    # fp32 with an absurd learning rate: the weights blow up within a few steps. The error names
+    # the first non-finite step (every earlier one was finite and logged) and, there being no
+    # loss scale to change, does not suggest one (--loss_scale is refused with fp32).
+    url = tmp_path / "diverge"
+    code, output = run(train_command(tiny_data, url, "--lr_schedule", "1:1e6", "--max_steps", "8",
+                                     "--val_fraction", "0"))
+    assert code == 1
+    errors = [line for line in output.splitlines() if line.startswith("flowers_tl.train: error:")]
+    rows = metrics(url, "step")
+    assert 1 <= len(rows) < 8 and all(np.isfinite(row["loss"]) for row in rows)
+    assert len(errors) == 1 and errors[0].startswith(
+        f"flowers_tl.train: error: step {len(rows)}: non-finite gradients (loss ")
+    assert errors[0].endswith(
+        "with fp32: nothing was applied; the run diverged: lower the learning rate")
+    assert "Traceback" not in output
