@@ -176,8 +176,11 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], reader: list[dict[str
             f"{_number(r['speedup_vs_slowest'], 2, 'x')} | "
             f"{_number(r['speedup_vs_default'], 2, 'x')} | {target} |")
     if ttt:
+        start = {None: "the built-in source checkpoint", "none": "scratch"}
+        checkpoints = sorted({str(start.get(r["config"]["checkpoint_url"],
+                                            r["config"]["checkpoint_url"])) for r in ttt.values()})
         lines += ["", "## Time to target", "",
-                  "From the pretrained checkpoint; the clock starts with the process (MLPerf "
+                  f"From {', '.join(checkpoints)}; the clock starts with the process (MLPerf "
                   "style: start-up, evaluation and checkpointing count) and, second figure, at "
                   "the first training step.", "",
                   "| cell | metric | target | reached | from process start | from first step | "

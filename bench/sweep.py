@@ -84,7 +84,8 @@ def smoke() -> Preset:
     timed steps per cell: NHWC (runs) and NCHW without XLA (skipped on a CPU), the Keras-fit and
     tf.data anchors, a reader pass, and a 2-epoch time-to-target run from scratch against a
     trivial 5% target. Its figures mean nothing; it proves the machinery.
-    On this project's 2-core EPYC: ~75 s wall, 4 cells run, 1 skipped."""
+    On this project's 2-core EPYC: 4 cells run, 1 skipped, ~2 CPU-minutes (4.5 min wall while
+    two other training jobs shared the machine)."""
     return Preset(
         name="smoke", doc=smoke.__doc__, tiny_data=dict(classes=3, per_class=8, max_side=96),
         base=dict(checkpoint_url="none", image_size=32, batch_size=4, epochs=2,
