@@ -92,13 +92,15 @@ def step_windows(metrics: list[dict[str, Any]], warmup_steps: int, global_batch:
                  ) -> list[tuple[float, float, float]]:
     """(images, seconds, data-wait seconds) of each timed step (or logging window).
 
-    Rows with `step_seconds` (the Keras anchor) give them directly. The trainer's step rows
+    Rows with `step_seconds` (the Keras anchor; optional `images`, `data_wait_seconds`) give
+    them directly. The trainer's step rows
     carry images_per_sec and data_wait_fraction accumulated since the warm-up, so with
     log_every=1 the differences of images / images_per_sec are the single steps' times."""
     steps = [row for row in metrics if row.get("kind") == "step"]
     if any("step_seconds" in row for row in steps):
-        return [(row["images"], row["step_seconds"], row.get("data_wait_seconds", math.nan))
-                for row in steps if row["step"] > warmup_steps]
+        return [(row.get("images", global_batch), row["step_seconds"],
+                 row.get("data_wait_seconds", math.nan))
+                for row in steps if row["step"] > warmup_steps and "step_seconds" in row]
     windows, before = [], (0.0, 0.0, 0.0)
     for row in steps:
         if not row.get("images_per_sec"):
