@@ -93,9 +93,9 @@ def step_windows(metrics: list[dict[str, Any]], warmup_steps: int, global_batch:
     """(images, seconds, data-wait seconds) of each timed step (or logging window).
 
     Rows with `step_seconds` (the Keras anchor; optional `images`, `data_wait_seconds`) give
-    them directly. The trainer's step rows
-    carry images_per_sec and data_wait_fraction accumulated since the warm-up, so with
-    log_every=1 the differences of images / images_per_sec are the single steps' times."""
+    them directly. The trainer's step rows carry images_per_sec and data_wait_fraction
+    accumulated since the warm-up, so with log_every=1 the differences of images /
+    images_per_sec are the single steps' times."""
     steps = [row for row in metrics if row.get("kind") == "step"]
     if any("step_seconds" in row for row in steps):
         return [(row.get("images", global_batch), row["step_seconds"],
