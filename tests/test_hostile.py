@@ -379,6 +379,26 @@ def test_unreadable_file_is_skipped_with_its_reason(tmp_path):
     assert summary.first_bad_files == ((files[1], "cannot open: Permission denied"),)
 
 
+def test_paths_that_are_not_readable_images_are_skipped_not_fatal(tmp_path):
+    """Named by hand (a listing only yields files): a directory named .jpg (its size on ext4 is
+    2^63 - 1, which used to make the buffer allocation throw and stop the reader), a device, and
+    a sparse file over the 1 GiB limit for one image (refused before reading it)."""
+    (tmp_path / "folder.jpg").mkdir()
+    with open(tmp_path / "huge.jpg", "wb") as handle:
+        handle.truncate((1 << 30) + 1)
+    good = tmp_path / "good.jpg"
+    good.write_bytes(GOOD)
+    files = [str(tmp_path / "folder.jpg"), "/dev/null", str(tmp_path / "huge.jpg"), str(good)]
+    with Reader(files, [0, 1, 2, 3], batch_size=4, image_size=8, num_epochs=1) as stream:
+        images, labels = next(stream)
+        summary = stream.summary()
+    assert labels.tolist() == [3, 3, 3, 3]  # every slot a copy of the one good image
+    assert dict(summary.first_bad_files) == {
+        files[0]: "not a regular file (a directory)",
+        files[1]: "not a regular file (a device)",
+        files[2]: "file is 1073741825 bytes, over the 1024 MiB limit for one image"}
+
+
 # ------------------------------------------------------------------------- fuzzer inputs
 PARAM_BYTES = 12
 FUZZ_MAX_PIXELS = 1 << 18  # fuzz_decode.cc's kMaxPixels
