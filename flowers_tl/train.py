@@ -26,6 +26,7 @@ import re  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -281,12 +282,24 @@ def save_checkpoint(manager, step: int) -> None:
 
 # ------------------------------------------------------------------------------------- loop
 class Interrupted:
-    """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint and exits between steps."""
+    """Once installed (when the loop starts), SIGTERM / Ctrl-C set a flag; the loop saves a
+    checkpoint and exits between steps; a second Ctrl-C raises at once. restore() puts the
+    previous handlers back: train() is a library call too, and must not leave behind a Ctrl-C
+    that raises nothing."""
 
     def __init__(self):
         self.signal = None
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, self._handle)
+        self.previous = {}
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():  # signals: main thread only
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self.previous[number] = signal.signal(number, self._handle)
+
+    def restore(self):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
 
     def _handle(self, number, frame):
         if self.signal is not None:  # a second Ctrl-C: stop at once
@@ -318,7 +331,18 @@ def default_train_url() -> str:
 
 def train(config: config_lib.TrainConfig, data_url: str | None = None,
           checkpoint_url: str | None = None) -> dict:
-    """Runs (or resumes) one training run; returns the summary also written to result.json."""
+    """Runs (or resumes) one training run; returns the summary also written to result.json.
+    SIGTERM / Ctrl-C during the run save a checkpoint and return with stop_reason
+    'interrupted by ...'."""
+    interrupted = Interrupted()
+    try:
+        return _train(config, data_url, checkpoint_url, interrupted)
+    finally:
+        interrupted.restore()
+
+
+def _train(config: config_lib.TrainConfig, data_url: str | None, checkpoint_url: str | None,
+           interrupted: Interrupted) -> dict:
     data_url = data_url or config.data_url
     checkpoint_url = checkpoint_url or config.checkpoint_url
     if data_url is None:
@@ -415,7 +439,7 @@ def train(config: config_lib.TrainConfig, data_url: str | None = None,
 
     # ---- the loop
     log = MetricsLog(train_url, chief)
-    interrupted = Interrupted()
+    interrupted.install()
     start_step = int(global_step.numpy())
     input_readers, val_bad_files = {}, {}
     batches = make_input(config, list(train_set.files), list(train_set.labels), local_batch,

@@ -217,3 +217,18 @@ def test_divergence_without_a_loss_scale_names_the_first_bad_step_and_the_real_f
     assert errors[0].endswith(
         "with fp32: nothing was applied; the run diverged: lower the learning rate")
     assert "Traceback" not in output
+
+
+def test_train_as_a_library_call_gives_back_the_signal_handlers(tiny_data, tmp_path):
+    """In-process (the one test that is): train() installs its save-and-stop handlers only for
+    the loop and restores the caller's afterwards, so Ctrl-C raises again."""
+    from flowers_tl.config import resolve
+    from flowers_tl.train import train
+
+    config = resolve({"data_url": str(tiny_data), "train_url": str(tmp_path / "run"),
+                      "checkpoint_url": "none", "image_size": 32, "batch_size": 4,
+                      "max_steps": 1, "export": False, "val_fraction": 0.0}, gpus_available=0)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    summary = train(config)
+    assert summary["stop_reason"] == "finished"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
