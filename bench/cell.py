@@ -27,11 +27,9 @@ from typing import Any, Sequence
 
 PROCESS_START = time.time()
 
-import numpy as np  # noqa: E402
+from flowers_tl.results import read_jsonl, throughput_stats  # noqa: E402
 
-from bench.env import REPO_ROOT  # noqa: E402
-
-MAD_TO_STD = 1.4826  # tf_cnn_benchmarks' jitter: median absolute deviation scaled to a std
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------- the process
@@ -76,17 +74,6 @@ def error_message(log_path: Path) -> str:
     return lines[-1][:600] if lines else "(no output)"
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass  # a line cut short by a kill
-    return rows
-
-
 # ----------------------------------------------------------------------------- the figures
 def step_windows(metrics: list[dict[str, Any]], warmup_steps: int, global_batch: int
                  ) -> list[tuple[float, float, float]]:
@@ -114,26 +101,6 @@ def step_windows(metrics: list[dict[str, Any]], warmup_steps: int, global_batch:
         raise ValueError("metrics.jsonl: images_per_sec is not accumulated since the warm-up, "
                          "so single steps cannot be timed from it")
     return windows
-
-
-def throughput_figures(windows: list[tuple[float, float, float]], replicas: int
-                       ) -> dict[str, Any]:
-    """images/sec over all timed steps; its standard error from the per-step rates."""
-    images, seconds, wait = (np.array(column, float) for column in zip(*windows))
-    rates = images / seconds
-    total = images.sum() / seconds.sum()
-    return {
-        "images_per_sec": float(total),
-        "images_per_sec_per_device": float(total / replicas),
-        "images_per_sec_stderr": float(rates.std(ddof=1) / math.sqrt(len(rates)))
-        if len(rates) > 1 else None,
-        "images_per_sec_jitter": float(MAD_TO_STD * np.median(np.abs(rates - np.median(rates)))),
-        "step_time_sec": float(seconds.mean()),
-        "step_time_sec_min": float(seconds.min()), "step_time_sec_max": float(seconds.max()),
-        "data_wait_fraction": float(wait.sum() / seconds.sum()) if np.isfinite(wait).all()
-        else None,
-        "timed_steps": len(windows),
-    }
 
 
 def time_to_target_figures(metrics: list[dict[str, Any]], result: dict[str, Any] | None,
@@ -198,8 +165,9 @@ def run_cell(kind: str, phase: str, run_config: dict[str, Any], folder: Path, st
             if not windows:
                 raise RuntimeError(f"no timed steps after {warmup_steps} warm-up step(s): "
                                    f"{error_message(log_path)}")
-            row.update(throughput_figures(windows, replicas), warmup_steps=warmup_steps,
-                       seconds_to_first_step_done=steps[0].get("time") if steps else None)
+            images, seconds, waits = zip(*windows)
+            row.update(throughput_stats(seconds, images, waits, replicas),
+                       warmup_steps=warmup_steps, seconds_to_first_step_done=steps[0].get("time") if steps else None)
         else:
             if returncode != 0 and not over:
                 raise RuntimeError(error_message(log_path))

@@ -118,8 +118,8 @@ class Machine:
 
 def detect_machine() -> Machine:
     """GPUs from nvidia-smi (respecting CUDA_VISIBLE_DEVICES) without importing TensorFlow."""
-    from bench.env import _gpu_names
-    gpus = len(_gpu_names() or [])
+    from flowers_tl.env import gpu_count
+    gpus = gpu_count()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         gpus = min(gpus, len([v for v in visible.split(",") if v.strip() not in ("", "-1")]))

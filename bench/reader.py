@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from bench.env import describe_environment
-from bench.results import append_row
+from flowers_tl.env import describe_environment
+from flowers_tl.results import append_row
 
 BACKENDS = ("cxx", "tfdata", "opencv", "dali")
 Batch = tuple[np.ndarray, np.ndarray]

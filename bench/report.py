@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.cell import read_jsonl
+from flowers_tl.results import read_jsonl
 
 # Knobs that change the kernels, not the arithmetic (up to rounding; tfdata draws its random
 # crops from the same distribution with another generator).

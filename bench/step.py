@@ -23,7 +23,7 @@ images_per_sec is the images of the timed steps over their total time; its stder
 the per-step rates, and jitter is tf_cnn_benchmarks' (1.4826 * median absolute deviation of the
 per-step rates). A failing cell is an `error` row; a cell this machine cannot run (NCHW without
 XLA on a CPU) is a `skipped` row saying why. Rows are flat JSON objects with the cell's config
-and environment (bench.env), appended to --out (default: stdout); the table goes to stderr.
+and environment (flowers_tl.env), appended to --out (default: stdout); the table goes to stderr.
 
 Napkin math: ResNet-50's forward pass is ~4.1 G multiply-adds = ~8.2 GFLOP at 224 px (an FMA is
 2 FLOPs, as in the peak figure), training ~3x forward, scaled by (S/224)^2; the fraction of the
@@ -44,9 +44,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bench.env import REPO_ROOT, describe_environment
-from bench.results import append_row
-from bench.reader import MAD_TO_STD, _list_of
+from flowers_tl.env import describe_environment
+from flowers_tl.results import append_row, parse_list, throughput_stats
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODELS = ("ours", "keras")
 DATA_FORMATS = ("NHWC", "NCHW")
@@ -194,15 +195,8 @@ def time_steps(run_step: Callable[[], float], read_weights: Callable, config: St
         loss = run_step()
         step_seconds.append(time.perf_counter() - start)
 
-    step_seconds = np.array(step_seconds)
-    rates = config.batch_size / step_seconds
     return {
-        "images_per_sec": float(config.batch_size * len(step_seconds) / step_seconds.sum()),
-        "images_per_sec_stderr": float(rates.std(ddof=1) / math.sqrt(len(rates))),
-        "images_per_sec_jitter": float(MAD_TO_STD * np.median(np.abs(rates - np.median(rates)))),
-        "step_time_sec": float(step_seconds.mean()),
-        "step_time_sec_min": float(step_seconds.min()),
-        "step_time_sec_max": float(step_seconds.max()),
+        **throughput_stats(step_seconds, config.batch_size),
         "num_steps": len(step_seconds),
         "first_step_sec": first_step_sec,
         "check_steps": check_steps,
@@ -375,13 +369,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per cell")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed steps after the (untimed) check step")
-    parser.add_argument("--model", type=_list_of(str, MODELS), default=list(MODELS),
+    parser.add_argument("--model", type=parse_list(str, MODELS), default=list(MODELS),
                         help="ours,keras (keras: keras.applications.ResNet50 + train_on_batch)")
-    parser.add_argument("--data_format", type=_list_of(str, DATA_FORMATS), default=["NHWC"])
-    parser.add_argument("--batch_norm_fused", type=_list_of(boolean), default=[True])
-    parser.add_argument("--precision", type=_list_of(str, PRECISIONS), default=["fp32"])
-    parser.add_argument("--xla", type=_list_of(boolean), default=[False])
-    parser.add_argument("--onednn", type=_list_of(boolean), default=[None],
+    parser.add_argument("--data_format", type=parse_list(str, DATA_FORMATS), default=["NHWC"])
+    parser.add_argument("--batch_norm_fused", type=parse_list(boolean), default=[True])
+    parser.add_argument("--precision", type=parse_list(str, PRECISIONS), default=["fp32"])
+    parser.add_argument("--xla", type=parse_list(boolean), default=[False])
+    parser.add_argument("--onednn", type=parse_list(boolean), default=[None],
                         help="TF_ENABLE_ONEDNN_OPTS per cell, e.g. false,true (default: unset, "
                              "i.e. flowers_tl's default, on)")
     parser.add_argument("--seed", type=int, default=0)

@@ -50,10 +50,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.cell import error_message, prepare, run_cell, run_process
-from bench.env import describe_environment
+from flowers_tl.env import describe_environment
 from bench.matrix import (NAMED_AXES, Cell, Machine, MatrixError, axis_settings, cell_name,
                           detect_machine, parse_assignments, parse_value, plan)
-from bench.results import append_row
+from flowers_tl.results import append_row
 
 SweepError = MatrixError  # a bad preset, axis or setting: one line, before any cell runs
 

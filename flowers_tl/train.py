@@ -420,7 +420,7 @@ def _train(config: config_lib.TrainConfig, data_url: str | None, checkpoint_url:
     # ---- announce
     resolved = dataclasses.replace(config, train_url=train_url)
     if chief:
-        from bench.env import describe_environment
+        from flowers_tl.env import describe_environment
         with open(os.path.join(train_url, "config.json"), "w") as handle:
             json.dump({"config": dataclasses.asdict(resolved),
                        "model": dataclasses.asdict(model_config),

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from bench import report
-from bench.cell import error_message, run_process, step_windows, throughput_figures
+from bench.cell import error_message, run_process, step_windows
 from bench.matrix import (Machine, MatrixError, check_cell, expand, parse_assignments,
                           parse_value, plan)
 from flowers_tl import config as config_lib
+from flowers_tl.results import throughput_stats
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU = Machine(gpus=0, cpus=2)
@@ -234,7 +235,8 @@ def test_single_step_times_come_back_from_the_trainers_cumulative_rates():
     assert [w[0] for w in windows] == pytest.approx([batch] * 4)
     assert [w[1] for w in windows] == pytest.approx(durations)
     assert [w[2] for w in windows] == pytest.approx(waits)
-    figures = throughput_figures(windows, replicas=2)
+    images, seconds, waits = zip(*windows)
+    figures = throughput_stats(seconds, images, waits, replicas=2)
     assert figures["images_per_sec"] == pytest.approx(32 / 2.5)
     assert figures["images_per_sec_per_device"] == pytest.approx(16 / 2.5)
     assert figures["data_wait_fraction"] == pytest.approx(0.08 / 2.5)

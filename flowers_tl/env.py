@@ -1,0 +1,270 @@
+"""What machine and software a result was measured on, attached to every result row.
+
+Throughput figures move with the CPU, its vector units, the core count, the libjpeg-turbo build,
+the commit and whatever else runs on the machine, so each row carries them. Everything in
+describe_environment is best effort: a missing tool or package becomes None and nothing raises.
+Versions come from installed-package metadata unless the module is already imported, so
+describing the environment never pays TensorFlow's import time (`import flowers_tl.env` loads no
+TensorFlow; only measure_peak_gflops imports it, inside the function).
+
+    python -m flowers_tl.env            # this machine, as a result row would record it
+    python -m flowers_tl.env --gflops   # and the measured GEMM ceiling, fp32 and bf16
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import importlib.metadata
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+# The folder above the package: a git checkout's root for an editable install, site-packages
+# for an ordinary one (which has no git state of its own to report).
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+# /proc/cpuinfo flags that decide which kernels oneDNN and XLA pick (x86), and their ARM kin.
+CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+                "asimd", "sve", "bf16")
+
+
+def describe_environment() -> dict[str, Any]:
+    """A flat dict of versions, hardware, load and source revision; missing things are None."""
+    build_info = _safe(_reader_build_info) or {}
+    git_commit, git_dirty = _safe(_git_state) or (None, None)
+    return {
+        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": _safe(socket.gethostname),
+        "python_version": platform.python_version(),
+        "platform": _safe(platform.platform),
+        "cpu_model": _safe(_cpu_model),
+        "cpu_features": _safe(cpu_features),
+        "cpu_count_logical": os.cpu_count(),
+        "cpu_count_affinity": _safe(_usable_cores),
+        # Other work on the machine (a compile, a second benchmark) shows up here, not in stderr.
+        "load_average_1min": _safe(lambda: os.getloadavg()[0]),
+        "tensorflow_version": _safe(
+            lambda: _module_version("tensorflow", ["tensorflow", "tensorflow-cpu", "tf-nightly"])
+        ),
+        "numpy_version": _safe(lambda: _module_version("numpy", ["numpy"])),
+        "opencv_version": _safe(
+            lambda: _module_version(
+                "cv2", ["opencv-python-headless", "opencv-python", "opencv-contrib-python"]
+            )
+        ),
+        "opencv_jpeg": _safe(_opencv_jpeg),
+        "dali_version": _safe(
+            lambda: _module_version(
+                "nvidia.dali",
+                ["nvidia-dali-cuda120", "nvidia-dali-cuda130", "nvidia-dali-cuda110"],
+            )
+        ),
+        "compiler": _safe(lambda: _first_of(build_info, "compiler") or _cxx_version()),
+        "libjpeg_turbo_version": _safe(
+            lambda: _first_of(build_info, "turbo")
+            or _dpkg_version("libjpeg62-turbo", "libjpeg-turbo8")
+        ),
+        "reader_build_info": build_info or None,
+        "git_commit": git_commit,
+        "git_dirty": git_dirty,
+        "gpus": _safe(_gpu_names),
+    }
+
+
+def gpu_count() -> int:
+    """GPUs this process may use: nvidia-smi's list, narrowed by CUDA_VISIBLE_DEVICES (no TF)."""
+    names = _gpu_names() or []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return len(names)
+    # CUDA's rule: entries are indices or UUID prefixes; the list ends at the first invalid one.
+    chosen: set[int] = set()
+    for entry in (part.strip() for part in visible.split(",")):
+        if entry.isdigit() and int(entry) < len(names):
+            index = int(entry)
+        else:
+            matches = [i for i, name in enumerate(names)
+                       if entry and f"(UUID: {entry}" in name]
+            if len(matches) != 1:
+                break
+            index = matches[0]
+        chosen.add(index)
+    return len(chosen)
+
+
+def cpu_features() -> dict[str, bool]:
+    """Which of CPU_FEATURES /proc/cpuinfo lists for this CPU ({} where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            text = cpuinfo.read()
+    except OSError:
+        return {}
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, ARM
+            flags.update(value.split())
+    return {feature: feature in flags for feature in CPU_FEATURES} if flags else {}
+
+
+def cpu_slug() -> str:
+    """The CPU model and usable cores as a folder-name part, e.g. "intel-xeon-processor-2c"."""
+    model = _safe(_cpu_model) or platform.machine() or "unknown-cpu"
+    model = re.sub(r"\((r|tm)\)", "", model.lower())
+    model = model.split("@")[0]  # "... CPU @ 2.20GHz": the clock is not the model
+    slug = re.sub(r"[^a-z0-9]+", "-", model).strip("-") or "unknown-cpu"
+    return f"{slug}-{_safe(_usable_cores) or os.cpu_count() or 0}c"
+
+
+def measure_peak_gflops(dtype: str = "float32", seconds: float = 2.0, size: int = 2048) -> float:
+    """Achieved GFLOP/s of TensorFlow's matmul on size x size `dtype` operands, on this machine.
+
+    The ceiling a model's achieved FLOP rate is held against (napkin math next to a figure),
+    measured instead of looked up: two untimed products first (oneDNN picks and caches its
+    kernel, pages fault in), then products for about `seconds`, counted as 2 * size^3 FLOPs each
+    over their total wall time. It counts what TensorFlow achieves with the threads it is given,
+    not the datasheet's peak; on a loaded machine it is lower, so rows carry the load average.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype {dtype!r} is not one of float32, bfloat16, float16")
+    if seconds <= 0 or size < 1:
+        raise ValueError(f"seconds ({seconds}) must be > 0 and size ({size}) >= 1")
+    rng = np.random.default_rng(0)
+    left = tf.cast(tf.constant(rng.standard_normal((size, size), np.float32)), dtype)
+    right = tf.cast(tf.constant(rng.standard_normal((size, size), np.float32)), dtype)
+
+    def product() -> None:
+        # Reading one element back waits for the product, whatever the executor's mode.
+        tf.linalg.matmul(left, right)[0, 0].numpy()
+
+    for _ in range(2):
+        product()
+    count, start = 0, time.perf_counter()
+    while True:
+        product()
+        count += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2.0 * size**3 * count / elapsed / 1e9
+
+
+def _safe(function: Callable[[], Any]) -> Any:
+    try:
+        return function()
+    except Exception:  # noqa: BLE001 - describing the machine must never sink a benchmark
+        return None
+
+
+def _run(command: list[str]) -> str | None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _cpu_model() -> str | None:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+        for line in cpuinfo:
+            # x86 says "model name"; some ARM kernels only say "Model" or "CPU part".
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model"):
+                return value.strip()
+    return platform.processor() or None
+
+
+def _module_version(module_name: str, distributions: list[str]) -> str | None:
+    module = sys.modules.get(module_name)
+    if module is not None and getattr(module, "__version__", None):
+        return str(module.__version__)
+    for distribution in distributions:
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _opencv_jpeg() -> str | None:
+    # Which libjpeg OpenCV decodes with (its wheel bundles its own libjpeg-turbo).
+    if "cv2" not in sys.modules:
+        importlib.import_module("cv2")
+    for line in sys.modules["cv2"].getBuildInformation().splitlines():
+        if line.strip().startswith("JPEG:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _reader_build_info() -> dict[str, Any] | None:
+    # The compiled reader knows its own compiler and libjpeg-turbo; it may not be built yet.
+    module = importlib.import_module("flowers_tl._reader")
+    build_info = getattr(module, "build_info", None)
+    if build_info is None:
+        return None
+    return {str(key): value for key, value in dict(build_info()).items()}
+
+
+def _first_of(build_info: dict[str, Any], word: str) -> str | None:
+    for key, value in build_info.items():
+        if word in key.lower() and value:
+            return str(value)
+    return None
+
+
+def _cxx_version() -> str | None:
+    output = _run(["c++", "--version"])
+    return output.splitlines()[0] if output else None
+
+
+def _dpkg_version(*packages: str) -> str | None:
+    for package in packages:
+        version = _run(["dpkg-query", "-W", "-f=${Version}", package])
+        if version:
+            return f"{package} {version}"
+    return None
+
+
+def _git_state(root: Path = SOURCE_ROOT) -> tuple[str | None, bool | None]:
+    """(commit, uncommitted changes) of the checkout the package runs from, else (None, None).
+
+    Only when `root` is itself a checkout's top level: an installed copy in a site-packages that
+    sits inside some other repository (a venv in a project folder) must not report that one, and
+    the caller's working folder never counts."""
+    top_level = _run(["git", "-C", str(root), "rev-parse", "--show-toplevel"])
+    if top_level is None or Path(top_level).resolve() != root.resolve():
+        return None, None
+    commit = _run(["git", "-C", str(root), "rev-parse", "HEAD"])
+    # --no-optional-locks: a status refresh must not take index.lock under someone's git commit.
+    status = _run(["git", "--no-optional-locks", "-C", str(root), "status", "--porcelain"])
+    return commit, (None if status is None else bool(status))
+
+
+def _gpu_names() -> list[str] | None:
+    output = _run(["nvidia-smi", "-L"])
+    return [line for line in output.splitlines() if line.startswith("GPU ")] if output else None
+
+
+if __name__ == "__main__":
+    import json
+
+    description = describe_environment()
+    description["cpu_slug"] = cpu_slug()
+    if "--gflops" in sys.argv[1:]:
+        for name in ("float32", "bfloat16"):
+            description[f"matmul_gflops_{name}"] = _safe(lambda: measure_peak_gflops(name))
+    print(json.dumps(description, indent=2))
