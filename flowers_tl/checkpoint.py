@@ -23,6 +23,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from flowers_tl.config import parse_exclude_patterns  # the one home of the rule
+
 OWN_PREFIX = "variables_by_name/"  # the model's dict of variables, in tf.train.Checkpoint paths
 OBJECT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -51,21 +53,6 @@ class RestoreReport:
 def _short_list(names: Sequence[str], limit: int = 6) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def parse_exclude_patterns(patterns: str | Iterable[str] | None) -> tuple[str, ...]:
-    """'a,b' or ['a', 'b'] -> ('a', 'b'), each checked to be a valid regular expression."""
-    if patterns is None:
-        return ()
-    items = patterns.split(",") if isinstance(patterns, str) else list(patterns)
-    result = tuple(item.strip() for item in items if item.strip())
-    for pattern in result:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ValueError(f"checkpoint exclude pattern {pattern!r} is not a regular "
-                             f"expression: {error}") from None
-    return result
 
 
 def _unescape_object_path(segment: str) -> str:

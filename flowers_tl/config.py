@@ -1,9 +1,18 @@
-"""The training run's configuration: one frozen dataclass, its flags, files and checks.
+"""The run configuration: one nested, typed tree, one parser, one place for every check.
 
-    config = resolve(parse_args(argv))      # defaults <- CPU preset <- --config FILE <- flags
+    config = resolve(parse_args(argv))            # defaults <- presets <- --config FILE <- flags
+    config.train.batch_size, config.model.precision, ...
+    with_overrides(config, {"model.precision": "bf16", "batch_size": 16})
 
-Every check that can fail does so here, with a one-line message naming the flag, before any data
-is read or any model built. The resolved configuration is printed first and saved with the run.
+Sections: `data` (what to read), `reader` (how it is read and augmented), `model` (the network
+and its arithmetic), `train` (optimisation and devices), `run` (where results go, checkpoints,
+logging). Every knob has one name, unique across the sections, spelled as in the MoXing recipe:
+`--batch_size` on the command line, `batch_size` or `train.batch_size` in a --config file and in
+the sweep's --set / --axis / --cell. Strings become values in one function (`parse_value`), so
+`true`, `64`, `none` mean the same everywhere.
+
+Every check that can fail does so in `check`, with a one-line message naming the flag, before any
+data is read or any model built. Importing this module loads no TensorFlow.
 """
 from __future__ import annotations
 
@@ -13,72 +22,294 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from flowers_tl.model import DATA_FORMATS, PRECISIONS, VARIANTS, get_model_meta
-
+DATA_FORMATS = ("NHWC", "NCHW")
+PRECISIONS = ("fp32", "fp16", "bf16")
+VARIANTS = ("slim", "keras")
 INPUTS = ("cxx", "tfdata", "synthetic")
 TARGET_METRICS = ("train", "val")
 FROM_SCRATCH = "none"  # --checkpoint_url none: no pretrained weights
+MIN_IMAGE_SIZE = 32  # five stride-2 stages leave 1x1 at 32 px
+MAX_IMAGE_SIZE = 1024  # a 1024 px ResNet-50 step already needs ~20x the memory of 224 px
 
 
 class ConfigError(ValueError):
     """A bad flag or combination; the message is one line and names the flag."""
 
 
+def knob(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word
+    return field(default=default, metadata={"help": help})
+
+
+# ==================================================================================== sections
+@dataclass(frozen=True)
+class DataConfig:
+    data_url: str | None = knob(None, "class-per-folder JPEG set; none: the built-in generated "
+                                      "flowers set")
+    val_fraction: float = knob(0.1, "held-out share, split by a seeded hash of each path")
+    per_class: int | None = knob(None, "built-in data only: photos per class")
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    input: str = knob("cxx", f"input pipeline: one of {INPUTS} (synthetic: in-memory random "
+                             "tensors, the step alone)")
+    image_size: int = knob(224, "square training and evaluation size in pixels")
+    reader_threads: int | None = knob(None, "decode threads; none: every core this process may use")
+    crop_area_min: float = knob(0.08, "random-resized-crop area range is [crop_area_min, 1]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network and its arithmetic; flowers_tl.model.ResNet50 takes this section as is."""
+
+    variant: str = knob("slim", "slim (resnet_v1_50.ckpt) or keras (keras.applications.ResNet50)")
+    data_format: str | None = knob(None, "NHWC or NCHW; none: NCHW on GPUs, NHWC on a CPU")
+    batch_norm_fused: bool = knob(True, "FusedBatchNormV3, or the same arithmetic as plain ops")
+    precision: str = knob("fp32", "fp32, fp16 (mixed, fp32 master weights) or bf16 (mixed)")
+    xla: bool = knob(False, "compile the forward and backward pass with XLA")
+    freeze_batch_norm: bool = knob(False, "batch norm in inference mode while fine-tuning")
+    batch_norm_momentum: float = knob(0.997, "moving-average momentum (the checkpoint's 0.997; "
+                                             "lower for runs of a few hundred steps)")
+    zero_init_residual: bool = knob(False, "last BN gamma of every residual branch starts at 0")
+    weight_decay: float = knob(4e-5, "L2 on the weights (slim's recipe)")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    data_url: str | None = None  # None: the built-in generated flowers set
-    train_url: str | None = None  # None: runs/<timestamp>
-    checkpoint_url: str | None = None  # None: built-in source checkpoint (built-in data only)
-    checkpoint_exclude_patterns: str | None = None  # None: global_step + the logits layer
-    num_gpus: int | None = None  # None: every visible GPU
-    cpu_devices: int = 1  # >1: mirror over that many logical CPU devices (testing)
-    batch_size: int = 64  # per device
-    image_size: int = 224
-    epochs: float = 20
-    lr_schedule: str = "10:0.01,20:0.001"  # epoch:lr, MoXing's piecewise form
-    warmup_epochs: float = 0  # learning rate ramps linearly from 0 over these epochs
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    data_format: str | None = None  # None: NCHW on GPUs, NHWC on a CPU
-    batch_norm_fused: bool = True
-    precision: str = "fp32"
-    loss_scale: str | None = None  # fp16 only: a number such as 1024, or "dynamic" (default)
-    xla: bool = False
-    variant: str = "slim"
-    freeze_batch_norm: bool = False
-    batch_norm_momentum: float = 0.997  # the checkpoint's; lower for runs of a few hundred steps
-    crop_area_min: float = 0.08  # random-resized-crop area range is [crop_area_min, 1]
-    zero_init_residual: bool = False  # from scratch: residual branches start at 0 (BN gamma)
-    target_accuracy: float = 0.95
-    target_metric: str = "train"
-    stop_at_target: bool = False
-    val_fraction: float = 0.1
-    seed: int = 0
-    reader_threads: int | None = None
-    input: str = "cxx"  # the C++ reader, the tf.data pipeline, or in-memory random tensors
-    checkpoint_every_steps: int = 0  # 0: by time only
-    checkpoint_every_minutes: float = 5.0
-    max_steps: int | None = None  # stop early (smoke runs, benchmarks)
-    log_every: int = 10
-    warmup_steps: int = 3  # excluded from images/sec
-    export: bool = True
-    per_class: int | None = None  # built-in data only: images per class
-    note: str = ""  # what decided the values that differ from the recipe
+    num_gpus: int | None = knob(None, "GPUs to mirror over; none: every visible GPU")
+    cpu_devices: int = knob(1, ">1: mirror over that many logical CPU devices (testing)")
+    batch_size: int = knob(64, "per device")
+    epochs: float = knob(20, "length of the run in epochs")
+    lr_schedule: str = knob("10:0.01,20:0.001", "epoch:lr pairs, MoXing's piecewise form")
+    warmup_epochs: float = knob(0, "learning rate ramps linearly from 0 over these epochs")
+    momentum: float = knob(0.9, "TF1 MomentumOptimizer momentum")
+    loss_scale: str | None = knob(None, "fp16 only: a number such as 1024, or dynamic (fp16's "
+                                        "default)")
+    target_accuracy: float = knob(0.95, "time to target: this accuracy")
+    target_metric: str = knob("train", "time to target on train or val accuracy")
+    stop_at_target: bool = knob(False, "stop once the target is reached")
+    max_steps: int | None = knob(None, "stop after this many steps (smoke runs, benchmarks)")
+    seed: int = knob(0, "data split, crops, initial weights")
 
 
-# The built-in default on a machine without a GPU: a CPU-sized run (64 px, 300 photos) that
-# reaches 95% training accuracy within ~10 minutes on 2 cores; printed with the configuration.
-# Short fine-tuning runs need BN statistics that keep up (momentum 0.9: 0.997 over 500 steps
-# keeps 22% of the source task's), crops that keep the flower (area >= 0.5 of the photo at
-# 64 px) and, from a weak source, a higher rate after one warm-up epoch.
-CPU_DEFAULT = dict(image_size=64, batch_size=32, epochs=50, lr_schedule="30:0.02,50:0.002",
-                   warmup_epochs=1, crop_area_min=0.5, batch_norm_momentum=0.9, per_class=60,
-                   checkpoint_every_minutes=2.0)
+@dataclass(frozen=True)
+class RunSettings:
+    train_url: str | None = knob(None, "run folder; none: runs/<timestamp>")
+    checkpoint_url: str | None = knob(None, "pretrained checkpoint, or none to train from "
+                                            "scratch; unset: the built-in source (built-in data)")
+    checkpoint_exclude_patterns: str | None = knob(None, "comma-separated regexes not restored; "
+                                                         "unset: global_step and the logits")
+    checkpoint_every_steps: int = knob(0, "also save every N steps (0: by time only)")
+    checkpoint_every_minutes: float = knob(5.0, "save at least this often")
+    log_every: int = knob(10, "a progress line every N steps (metrics.jsonl has every step)")
+    warmup_steps: int = knob(3, "steps excluded from images/sec")
+    export: bool = knob(True, "export a SavedModel for TF Serving at the end")
+    note: str = knob("", "what decided the values that differ from the recipe")
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+_SECTION_CLASSES = {"data": DataConfig, "reader": ReaderConfig, "model": ModelConfig,
+                    "train": TrainConfig, "run": RunSettings}
+# knob name -> (section, dataclasses.Field): the names are unique across sections
+KNOBS: dict[str, tuple[str, dataclasses.Field]] = {
+    f.name: (section, f) for section, cls in _SECTION_CLASSES.items()
+    for f in dataclasses.fields(cls)}
+
+
+# ================================================================================ values
+def knob_name(key: str) -> str:
+    """'train.batch_size' or 'batch_size' -> 'batch_size'; anything else is a ConfigError."""
+    section, dot, name = key.rpartition(".")
+    if name not in KNOBS or (dot and KNOBS[name][0] != section):
+        raise ConfigError(f"{key!r} is not a configuration key (python -m flowers_tl.train "
+                          "--help lists them)")
+    return name
+
+
+def _kind(name: str) -> tuple[type, bool]:
+    annotation = str(KNOBS[name][1].type)
+    base = next((t for t in (bool, int, float) if annotation.startswith(t.__name__)), str)
+    return base, "None" in annotation
+
+
+def parse_value(name: str, value: Any) -> Any:
+    """A flag's text (or a JSON value) as the knob's type: 'true' -> True, '64' -> 64,
+    'none' -> None where the knob may be unset. --checkpoint_url none stays the string 'none'
+    (train from scratch). Raises ConfigError naming the flag."""
+    base, optional = _kind(name)
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"
+                         and optional and name != "checkpoint_url"):
+        if not optional:
+            raise ConfigError(f"--{name}: needs a value ({base.__name__})")
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if base is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"--{name} {text!r}: expected true or false")
+        if base in (int, float):
+            try:
+                return base(text)
+            except ValueError:
+                raise ConfigError(f"--{name} {text!r}: expected {base.__name__}") from None
+        return text
+    if base is bool and isinstance(value, bool):
+        return value
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. loss_scale 1024 written as a JSON number
+    raise ConfigError(f"--{name} {value!r}: expected {base.__name__}")
+
+
+def flatten(values: dict[str, Any], where: str = "--config") -> dict[str, Any]:
+    """Nested ({"train": {"batch_size": 8}}), dotted ({"train.batch_size": 8}) or flat
+    ({"batch_size": 8}) keys -> {knob name: value}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for inner, inner_value in value.items():
+                flat[knob_name(f"{key}.{inner}")] = inner_value
+        else:
+            try:
+                flat[knob_name(key)] = value
+            except ConfigError:
+                raise ConfigError(f"{where}: unknown key {key!r}") from None
+    return flat
+
+
+def to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """Nested plain dict (what config.json, result rows and tuned.json hold)."""
+    return dataclasses.asdict(config)
+
+
+def flat_dict(config: RunConfig) -> dict[str, Any]:
+    return {name: getattr(getattr(config, section), name) for name, (section, _) in KNOBS.items()}
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """A copy with these knobs changed (keys flat or dotted; values typed or text). Not checked:
+    `resolve` and `check` do that."""
+    by_section: dict[str, dict[str, Any]] = {}
+    for key, value in flatten(overrides, "override").items():
+        by_section.setdefault(KNOBS[key][0], {})[key] = parse_value(key, value)
+    return dataclasses.replace(config, **{
+        section: dataclasses.replace(getattr(config, section), **changes)
+        for section, changes in by_section.items()})
+
+
+def to_json(config: RunConfig) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+# ================================================================================ files, flags
+def load_config_file(path: str) -> dict[str, Any]:
+    """{knob: value} from a JSON file: a nested configuration (a sweep's tuned.json), dotted or
+    flat keys, or a run's own config.json (its "config" member)."""
+    try:
+        with open(path) as handle:
+            values = json.load(handle)
+    except OSError as error:
+        raise ConfigError(f"--config {path}: cannot read: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--config {path}: not JSON: {error}") from None
+    if isinstance(values, dict) and isinstance(values.get("config"), dict):
+        values = values["config"]  # a run's own config.json
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of training options")
+    flat = flatten(values, f"--config {path}")
+    return {name: parse_value(name, value) for name, value in flat.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flowers_tl.train",
+        description="Fine-tune ResNet-50 v1 on a class-per-folder JPEG set and export it for "
+                    "TF Serving. Without --data_url: the built-in generated flowers set.")
+    parser.add_argument("--config", help="JSON run configuration (e.g. a sweep's tuned.json); "
+                                         "flags override its values")
+    for section, cls in _SECTION_CLASSES.items():
+        group = parser.add_argument_group(section)
+        for f in dataclasses.fields(cls):
+            base, _ = _kind(f.name)
+            group.add_argument(f"--{f.name}", default=None, metavar=base.__name__.upper(),
+                               help=f"{f.metadata['help']} (default: {f.default!r})")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], str | None]:
+    """(the flags actually given, as typed values; the --config path). Flags not given stay
+    out, so a config file or preset fills them."""
+    namespace = build_parser().parse_args(argv)
+    given = {name: parse_value(name, text) for name, text in vars(namespace).items()
+             if text is not None and name != "config"}
+    return given, namespace.config
+
+
+# ================================================================================ resolve
+def resolve(given: dict[str, Any], config_file: str | None = None,
+            gpus_available: int | None = None) -> RunConfig:
+    """Defaults, then the presets that apply (flowers_tl.presets: the CPU-sized built-in run on
+    a machine without a GPU), then the file, then the flags; then the derived values (num_gpus,
+    data_format, fp16's loss scale) and `check`."""
+    from flowers_tl import presets
+
+    if gpus_available is None:
+        from flowers_tl.env import gpu_count
+        gpus_available = gpu_count()
+    explicit = {**(load_config_file(config_file) if config_file else {}),
+                **{name: parse_value(name, value) for name, value in flatten(given, "flag").items()}}
+    num_gpus = explicit.get("num_gpus")
+    num_gpus = gpus_available if num_gpus is None else num_gpus
+    values: dict[str, Any] = {}
+    notes = []
+    for preset in presets.applying(explicit, num_gpus):
+        chosen = {k: v for k, v in preset.overrides.items() if knob_name(k) not in explicit}
+        values.update(flatten(chosen, f"preset {preset.name}"))
+        if chosen:
+            notes.append(f"{preset.summary}: " + ", ".join(
+                f"{knob_name(k)}={v}" for k, v in chosen.items()))
+    values.update(explicit)
+    values["num_gpus"] = num_gpus
+    if values.get("data_format") is None:
+        values["data_format"] = "NCHW" if num_gpus > 0 else "NHWC"
+    if values.get("precision") == "fp16" and values.get("loss_scale") is None:
+        values["loss_scale"] = "dynamic"
+    if notes:
+        values["note"] = "; ".join(notes + ([values["note"]] if values.get("note") else []))
+    config = with_overrides(RunConfig(), values)
+    check(config, gpus_available)
+    return config
+
+
+def resolve_or_exit(argv: list[str] | None, prog: str = "flowers_tl.train") -> RunConfig:
+    """For a CLI: a ConfigError becomes one line on stderr and exit status 2."""
+    try:
+        given, config_file = parse_args(argv)
+        return resolve(given, config_file)
+    except ConfigError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+# ================================================================================ rules
 def parse_lr_schedule(text: str) -> list[tuple[float, float]]:
     """'10:0.01,20:0.001' -> [(10.0, 0.01), (20.0, 0.001)]: lr 0.01 until epoch 10, then 0.001."""
     pieces = []
@@ -106,190 +337,118 @@ def learning_rate_at(schedule: list[tuple[float, float]], epoch: float) -> float
     return schedule[-1][1]
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m flowers_tl.train",
-        description="Fine-tune ResNet-50 v1 on a class-per-folder JPEG set and export it for "
-                    "TF Serving. Without --data_url: the built-in generated flowers set.")
-    parser.add_argument("--config", help="JSON run configuration (e.g. a sweep's tuned.json); "
-                                         "flags override its values")
-    types = {bool: _bool, int: int, float: float, str: str}
-    for field in dataclasses.fields(TrainConfig):
-        annotation = str(field.type)
-        kind = next((t for name, t in (("bool", bool), ("int", int), ("float", float)) if
-                     annotation.startswith(name)), str)
-        parser.add_argument(f"--{field.name}", type=types[kind], default=None,
-                            metavar=kind.__name__.upper(), help=f"default: {field.default!r}")
-    return parser
-
-
-def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], str | None]:
-    """Only the flags actually given (so that a config file or preset can fill the rest)."""
-    namespace = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(namespace).items() if v is not None and k != "config"}
-    return given, namespace.config
-
-
-def load_config_file(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as handle:
-            values = json.load(handle)
-    except OSError as error:
-        raise ConfigError(f"--config {path}: cannot read: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"--config {path}: not JSON: {error}") from None
-    if isinstance(values, dict) and isinstance(values.get("config"), dict):
-        values = values["config"]  # a run's own config.json
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path}: expected a JSON object of training options")
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"--config {path}: unknown key(s) {unknown}")
-    return values
-
-
-def resolve(given: dict[str, Any], config_file: str | None = None,
-            gpus_available: int | None = None) -> TrainConfig:
-    """Defaults, then the CPU preset (built-in data, no GPU), then the file, then the flags."""
-    if gpus_available is None:
-        import tensorflow as tf
-        gpus_available = len(tf.config.list_physical_devices("GPU"))
-    values: dict[str, Any] = {}
-    from_file = load_config_file(config_file) if config_file else {}
-    explicit = {**from_file, **given}
-    num_gpus = explicit.get("num_gpus")
-    num_gpus = gpus_available if num_gpus is None else num_gpus
-    notes = []
-    if explicit.get("data_url") is None and num_gpus == 0:
-        preset = {k: v for k, v in CPU_DEFAULT.items() if k not in explicit}
-        values.update(preset)
-        if preset:
-            notes.append("CPU-sized built-in run (no GPU, no --data_url): "
-                         + ", ".join(f"{k}={v}" for k, v in preset.items()))
-    values.update(explicit)
-    values["num_gpus"] = num_gpus
-    if values.get("data_format") is None:
-        values["data_format"] = "NCHW" if num_gpus > 0 else "NHWC"
-    if values.get("precision") == "fp16" and values.get("loss_scale") is None:
-        values["loss_scale"] = "dynamic"
-    if notes:
-        values["note"] = "; ".join(notes + ([values["note"]] if values.get("note") else []))
-    try:
-        config = TrainConfig(**values)
-    except TypeError as error:
-        raise ConfigError(str(error)) from None
-    check(config, gpus_available)
-    return config
-
-
-def check(config: TrainConfig, gpus_available: int) -> None:
+def check_model(model: ModelConfig, gpus: int) -> None:
+    """The model section's rules (also what flowers_tl.model.ResNet50 checks on its own)."""
     def fail(message: str):
         raise ConfigError(message)
 
-    if config.num_gpus < 0 or config.num_gpus > gpus_available:
-        fail(f"--num_gpus {config.num_gpus}: this machine has {gpus_available} GPU(s)")
-    if config.cpu_devices < 1 or (config.cpu_devices > 1 and config.num_gpus > 0):
-        fail(f"--cpu_devices {config.cpu_devices}: needs >= 1, and only without GPUs")
-    if config.data_format not in DATA_FORMATS:
-        fail(f"--data_format {config.data_format}: one of {DATA_FORMATS}")
-    if config.data_format == "NCHW" and config.num_gpus == 0 and not config.xla:
+    if model.data_format not in DATA_FORMATS:
+        fail(f"--data_format {model.data_format}: one of {DATA_FORMATS}")
+    if model.data_format == "NCHW" and gpus == 0 and not model.xla:
         fail("--data_format NCHW on a CPU needs --xla true (TensorFlow's CPU Conv2D is NHWC only)")
-    if config.precision not in PRECISIONS:
-        fail(f"--precision {config.precision}: one of {PRECISIONS}")
-    if config.variant not in VARIANTS:
-        fail(f"--variant {config.variant}: one of {VARIANTS}")
-    if config.loss_scale is not None:
-        if config.precision != "fp16":
-            fail(f"--loss_scale {config.loss_scale}: only fp16 needs a loss scale "
-                 f"(precision is {config.precision})")
-        if config.loss_scale != "dynamic":
+    if model.precision not in PRECISIONS:
+        fail(f"--precision {model.precision}: one of {PRECISIONS}")
+    if model.variant not in VARIANTS:
+        fail(f"--variant {model.variant}: one of {VARIANTS}")
+    if not 0 <= model.batch_norm_momentum < 1:
+        fail(f"--batch_norm_momentum {model.batch_norm_momentum}: must be in [0, 1)")
+    if not model.weight_decay >= 0:
+        fail(f"--weight_decay {model.weight_decay}: must be >= 0")
+
+
+def check(config: RunConfig, gpus_available: int) -> None:
+    """Every rule of a run configuration, each a one-line ConfigError naming the flag."""
+    data, reader, model, train, run = (config.data, config.reader, config.model, config.train,
+                                       config.run)
+
+    def fail(message: str):
+        raise ConfigError(message)
+
+    if train.num_gpus < 0 or train.num_gpus > gpus_available:
+        fail(f"--num_gpus {train.num_gpus}: this machine has {gpus_available} GPU(s)")
+    if train.cpu_devices < 1 or (train.cpu_devices > 1 and train.num_gpus > 0):
+        fail(f"--cpu_devices {train.cpu_devices}: needs >= 1, and only without GPUs")
+    check_model(model, train.num_gpus)
+    if train.loss_scale is not None:
+        if model.precision != "fp16":
+            fail(f"--loss_scale {train.loss_scale}: only fp16 needs a loss scale "
+                 f"(precision is {model.precision})")
+        if train.loss_scale != "dynamic":
             try:
-                scale = float(config.loss_scale)
+                scale = float(train.loss_scale)
             except ValueError:
-                fail(f"--loss_scale {config.loss_scale}: a number such as 1024, or dynamic")
+                fail(f"--loss_scale {train.loss_scale}: a number such as 1024, or dynamic")
             if not 0 < scale < float("inf"):
-                fail(f"--loss_scale {config.loss_scale}: must be a finite number > 0")
-    for name in ("batch_size", "image_size", "log_every"):
-        if getattr(config, name) < 1:
-            fail(f"--{name} {getattr(config, name)}: must be >= 1")
-    if config.image_size < 32:
-        fail(f"--image_size {config.image_size}: ResNet-50 needs at least 32 px")
-    if not config.epochs > 0:
-        fail(f"--epochs {config.epochs}: must be > 0")
-    parse_lr_schedule(config.lr_schedule)
-    if not config.warmup_epochs >= 0:  # also refuses NaN
-        fail(f"--warmup_epochs {config.warmup_epochs}: must be >= 0")
-    if not 0 <= config.momentum < 1:
-        fail(f"--momentum {config.momentum}: must be in [0, 1)")
-    if not 0 <= config.batch_norm_momentum < 1:
-        fail(f"--batch_norm_momentum {config.batch_norm_momentum}: must be in [0, 1)")
-    if not 0 < config.crop_area_min <= 1:
-        fail(f"--crop_area_min {config.crop_area_min}: must be in (0, 1]")
-    if not config.weight_decay >= 0:
-        fail(f"--weight_decay {config.weight_decay}: must be >= 0")
-    if not 0 < config.target_accuracy <= 1:
-        fail(f"--target_accuracy {config.target_accuracy}: must be in (0, 1]")
-    if config.target_metric not in TARGET_METRICS:
-        fail(f"--target_metric {config.target_metric}: one of {TARGET_METRICS}")
-    if not 0 <= config.val_fraction < 1:
-        fail(f"--val_fraction {config.val_fraction}: must be in [0, 1)")
-    if config.target_metric == "val" and config.val_fraction == 0:
+                fail(f"--loss_scale {train.loss_scale}: must be a finite number > 0")
+    for name, value in (("batch_size", train.batch_size), ("image_size", reader.image_size),
+                        ("log_every", run.log_every)):
+        if value < 1:
+            fail(f"--{name} {value}: must be >= 1")
+    if not MIN_IMAGE_SIZE <= reader.image_size <= MAX_IMAGE_SIZE:
+        fail(f"--image_size {reader.image_size}: ResNet-50 needs {MIN_IMAGE_SIZE} to "
+             f"{MAX_IMAGE_SIZE} px")
+    if not train.epochs > 0:
+        fail(f"--epochs {train.epochs}: must be > 0")
+    parse_lr_schedule(train.lr_schedule)
+    if not train.warmup_epochs >= 0:  # also refuses NaN
+        fail(f"--warmup_epochs {train.warmup_epochs}: must be >= 0")
+    if not 0 <= train.momentum < 1:
+        fail(f"--momentum {train.momentum}: must be in [0, 1)")
+    if not 0 < reader.crop_area_min <= 1:
+        fail(f"--crop_area_min {reader.crop_area_min}: must be in (0, 1]")
+    if not 0 < train.target_accuracy <= 1:
+        fail(f"--target_accuracy {train.target_accuracy}: must be in (0, 1]")
+    if train.target_metric not in TARGET_METRICS:
+        fail(f"--target_metric {train.target_metric}: one of {TARGET_METRICS}")
+    if not 0 <= data.val_fraction < 1:
+        fail(f"--val_fraction {data.val_fraction}: must be in [0, 1)")
+    if train.target_metric == "val" and data.val_fraction == 0:
         fail("--target_metric val needs --val_fraction > 0")
-    if config.input not in INPUTS:
-        fail(f"--input {config.input}: one of {INPUTS}")
-    if config.reader_threads is not None and config.reader_threads < 1:
-        fail(f"--reader_threads {config.reader_threads}: must be >= 1")
-    if not 0 <= config.seed < 2 ** 63:
-        fail(f"--seed {config.seed}: must be in [0, 2**63)")
-    if config.checkpoint_every_steps < 0:
-        fail(f"--checkpoint_every_steps {config.checkpoint_every_steps}: must be >= 0 "
+    if reader.input not in INPUTS:
+        fail(f"--input {reader.input}: one of {INPUTS}")
+    if reader.reader_threads is not None and reader.reader_threads < 1:
+        fail(f"--reader_threads {reader.reader_threads}: must be >= 1")
+    if not 0 <= train.seed < 2 ** 63:
+        fail(f"--seed {train.seed}: must be in [0, 2**63)")
+    if run.checkpoint_every_steps < 0:
+        fail(f"--checkpoint_every_steps {run.checkpoint_every_steps}: must be >= 0 "
              "(0: by time only)")
-    if not config.checkpoint_every_minutes > 0:
-        fail(f"--checkpoint_every_minutes {config.checkpoint_every_minutes}: must be > 0")
-    if config.warmup_steps < 0:
-        fail(f"--warmup_steps {config.warmup_steps}: must be >= 0")
-    if config.max_steps is not None and config.max_steps < 1:
-        fail(f"--max_steps {config.max_steps}: must be >= 1")
-    if config.data_url is not None and not os.path.isdir(config.data_url):
-        fail(f"--data_url {config.data_url}: no such folder")
-    if config.data_url is not None and config.checkpoint_url is None:
+    if not run.checkpoint_every_minutes > 0:
+        fail(f"--checkpoint_every_minutes {run.checkpoint_every_minutes}: must be > 0")
+    if run.warmup_steps < 0:
+        fail(f"--warmup_steps {run.warmup_steps}: must be >= 0")
+    if train.max_steps is not None and train.max_steps < 1:
+        fail(f"--max_steps {train.max_steps}: must be >= 1")
+    if data.data_url is not None and not os.path.isdir(data.data_url):
+        fail(f"--data_url {data.data_url}: no such folder")
+    if data.data_url is not None and run.checkpoint_url is None:
         fail("--checkpoint_url: name the pretrained checkpoint (e.g. resnet_v1_50.ckpt), or "
              f"'{FROM_SCRATCH}' to train from scratch")
-    if config.checkpoint_url not in (None, FROM_SCRATCH) and not (
-            os.path.exists(config.checkpoint_url) or os.path.exists(config.checkpoint_url + ".index")):
-        fail(f"--checkpoint_url {config.checkpoint_url}: no such file or folder")
-    if config.per_class is not None and (config.per_class < 2 or config.data_url is not None):
-        fail(f"--per_class {config.per_class}: only for the built-in data, and >= 2")
-    if config.checkpoint_exclude_patterns is not None:
-        from flowers_tl.checkpoint import parse_exclude_patterns
+    if run.checkpoint_url not in (None, FROM_SCRATCH) and not (
+            os.path.exists(run.checkpoint_url) or os.path.exists(run.checkpoint_url + ".index")):
+        fail(f"--checkpoint_url {run.checkpoint_url}: no such file or folder")
+    if data.per_class is not None and (data.per_class < 2 or data.data_url is not None):
+        fail(f"--per_class {data.per_class}: only for the built-in data, and >= 2")
+    if run.checkpoint_exclude_patterns is not None:
         try:
-            parse_exclude_patterns(config.checkpoint_exclude_patterns)
+            parse_exclude_patterns(run.checkpoint_exclude_patterns)
         except ValueError as error:
-            fail(f"--checkpoint_exclude_patterns {config.checkpoint_exclude_patterns}: {error}")
-    get_model_meta(config.variant)
+            fail(f"--checkpoint_exclude_patterns {run.checkpoint_exclude_patterns}: {error}")
 
 
-def to_json(config: TrainConfig) -> str:
-    return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
+def parse_exclude_patterns(patterns) -> tuple[str, ...]:
+    """'a,b' or ['a', 'b'] -> ('a', 'b'), each checked to be a valid regular expression
+    (flowers_tl.checkpoint matches checkpoint names with them)."""
+    import re
 
-
-def resolve_or_exit(argv: list[str] | None) -> TrainConfig:
-    """For the CLI: a ConfigError becomes one line on stderr and exit status 2."""
-    try:
-        given, config_file = parse_args(argv)
-        return resolve(given, config_file)
-    except ConfigError as error:
-        print(f"flowers_tl.train: error: {error}", file=sys.stderr)
-        raise SystemExit(2)
-    except ValueError as error:  # e.g. a bad regular expression in the exclude patterns
-        print(f"flowers_tl.train: error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+    if patterns is None:
+        return ()
+    items = patterns.split(",") if isinstance(patterns, str) else list(patterns)
+    result = tuple(item.strip() for item in items if item.strip())
+    for pattern in result:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"checkpoint exclude pattern {pattern!r} is not a regular "
+                             f"expression: {error}") from None
+    return result

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-DATA_FORMATS = ("NHWC", "NCHW")
-PRECISIONS = ("fp32", "fp16", "bf16")
-VARIANTS = ("slim", "keras")
+from flowers_tl.config import (DATA_FORMATS, PRECISIONS, VARIANTS, ConfigError,  # noqa: F401
+                               ModelConfig, check_model)
+
 COMPUTE_DTYPES = {"fp32": tf.float32, "fp16": tf.float16, "bf16": tf.bfloat16}
 
 # (bottleneck depth, units, stride); slim puts the stride on the last unit, keras on the first.
@@ -68,40 +68,6 @@ def get_model_meta(variant: str = "slim") -> ModelMeta:
     return META[variant]
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    num_classes: int
-    data_format: str = "NHWC"
-    fused_batch_norm: bool = True
-    precision: str = "fp32"
-    variant: str = "slim"
-    xla: bool = False  # the caller compiles with XLA (lets NCHW run on a CPU)
-    freeze_batch_norm: bool = False  # BN uses and keeps its moving statistics when training
-    batch_norm_momentum: float = 0.997
-    weight_decay: float = 4e-5
-    seed: int = 0  # initial values of the variables
-    # Last BN gamma of every residual branch starts at 0, so each unit starts as the identity
-    # (Goyal et al. 2017): what makes from-scratch training stable at small batches. Pretrained
-    # weights overwrite it; it only matters for training from scratch.
-    zero_init_residual: bool = False
-
-    def check(self) -> None:
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
-        if self.data_format not in DATA_FORMATS:
-            raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {self.data_format!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        get_model_meta(self.variant)
-        if not 0.0 <= self.batch_norm_momentum < 1.0:
-            raise ValueError(f"batch_norm_momentum must be in [0, 1), got {self.batch_norm_momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.data_format == "NCHW" and not self.xla and not tf.config.list_physical_devices("GPU"):
-            raise ValueError("data_format=NCHW needs a GPU or XLA (xla=True): TensorFlow's CPU "
-                             "Conv2D supports only NHWC")
-
-
 def _stateless_seed(seed: int, name: str) -> tf.Tensor:
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return tf.constant([int.from_bytes(digest[:4], "little") & 0x7FFFFFFF,
@@ -111,11 +77,19 @@ def _stateless_seed(seed: int, name: str) -> tf.Tensor:
 class ResNet50(tf.Module):
     """ResNet-50 v1, slim or keras topology. Call as model(images, training=False)."""
 
-    def __init__(self, config: ModelConfig):
-        config.check()
+    def __init__(self, config: ModelConfig, num_classes: int, seed: int = 0):
+        """config: the run configuration's model section; seed: the variables' initial values."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        try:  # the same rules as the run configuration, in the same words
+            check_model(config, gpus=len(tf.config.list_physical_devices("GPU")))
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
         meta = get_model_meta(config.variant)
         super().__init__(name=meta.name)
         self.config = config
+        self.num_classes = num_classes
+        self.seed = seed
         self.meta = meta
         self.compute_dtype = COMPUTE_DTYPES[config.precision]
         self.variables_by_name: dict[str, tf.Variable] = {}
@@ -135,7 +109,7 @@ class ResNet50(tf.Module):
             # 0.8796...: std of a unit normal truncated at 2 std, so the result has std sqrt(2/fan_in)
             stddev = (2.0 / fan_in) ** 0.5 / 0.87962566103423978
             value = tf.random.stateless_truncated_normal(
-                shape, _stateless_seed(self.config.seed, name), stddev=stddev)
+                shape, _stateless_seed(self.seed, name), stddev=stddev)
         elif initial == "ones":
             value = tf.ones(shape)
         else:
@@ -181,8 +155,8 @@ class ResNet50(tf.Module):
                     self._conv_variables(f"{scope}/conv{conv}", kernel, cin, cout)
                     self._bn_variables(f"{scope}/conv{conv}/BatchNorm", cout, conv == 3)
                 channels = 4 * depth
-        self._conv_variables(f"{root}/logits", 1, 2048, self.config.num_classes)
-        self._variable(f"{root}/logits/biases", [self.config.num_classes])
+        self._conv_variables(f"{root}/logits", 1, 2048, self.num_classes)
+        self._variable(f"{root}/logits/biases", [self.num_classes])
 
     def _create_keras_variables(self):
         self._conv_variables("conv1_conv", 7, 3, 64, bias=True)
@@ -199,9 +173,9 @@ class ResNet50(tf.Module):
                     self._conv_variables(f"{scope}_{conv}_conv", kernel, cin, cout, bias=True)
                     self._bn_variables(f"{scope}_{conv}_bn", cout, conv == 3)
                 channels = 4 * depth
-        self._variable("predictions/kernel", [2048, self.config.num_classes], "he")
+        self._variable("predictions/kernel", [2048, self.num_classes], "he")
         self.conv_kernel_names.append("predictions/kernel")
-        self._variable("predictions/bias", [self.config.num_classes])
+        self._variable("predictions/bias", [self.num_classes])
 
     # ---------------------------------------------------------------- layers
     def _spatial(self, values):
@@ -229,7 +203,7 @@ class ResNet50(tf.Module):
         epsilon = self.meta.batch_norm_epsilon
         use_batch_statistics = training and not self.config.freeze_batch_norm
         channels_last = self.config.data_format == "NHWC"
-        if self.config.fused_batch_norm:
+        if self.config.batch_norm_fused:
             y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 x, gamma, beta,
                 mean=None if use_batch_statistics else moving_mean,
@@ -338,7 +312,7 @@ class ResNet50(tf.Module):
         features = self.features(images, training)
         v = self.variables_by_name
         if self.config.variant == "slim":
-            kernel = tf.reshape(v["resnet_v1_50/logits/weights"], [2048, self.config.num_classes])
+            kernel = tf.reshape(v["resnet_v1_50/logits/weights"], [2048, self.num_classes])
             bias = v["resnet_v1_50/logits/biases"]
         else:
             kernel, bias = v["predictions/kernel"], v["predictions/bias"]
@@ -352,9 +326,8 @@ class ResNet50(tf.Module):
             [tf.nn.l2_loss(self.variables_by_name[name]) for name in self.conv_kernel_names])
 
 
-def resnet_v1_50(num_classes: int, data_format: str = "NHWC", fused_batch_norm: bool = True,
-                 precision: str = "fp32", variant: str = "slim", **options) -> ResNet50:
-    """ResNet-50 v1 (options: any other ModelConfig field, e.g. xla=True, freeze_batch_norm=True)."""
-    return ResNet50(ModelConfig(num_classes=num_classes, data_format=data_format,
-                                fused_batch_norm=fused_batch_norm, precision=precision,
-                                variant=variant, **options))
+def resnet_v1_50(num_classes: int, seed: int = 0, **options) -> ResNet50:
+    """ResNet-50 v1; options: any flowers_tl.config.ModelConfig field (data_format="NCHW",
+    batch_norm_fused=False, precision="bf16", xla=True, variant="keras", ...). data_format
+    defaults to NHWC here (the run configuration derives it from the devices)."""
+    return ResNet50(ModelConfig(**{"data_format": "NHWC", **options}), num_classes, seed)

@@ -1,28 +1,73 @@
-"""The optimizer and the compiled train step the training loop builds on.
+"""Devices, the optimizer, loss scaling and the one compiled train step.
 
-    optimizer = MomentumSGD(learning_rate=0.01, momentum=0.9)
-    step = make_train_step(model, optimizer, jit_compile=model.config.xla)
-    metrics = step(uint8_images_nhwc, int32_labels)   # {"loss", "cross_entropy", "accuracy"}
-    optimizer.learning_rate.assign(0.001)             # a schedule: no retrace
+    strategy = make_strategy(num_gpus=0)
+    with strategy.scope():
+        model = ResNet50(config.model, num_classes=5)
+        optimizer = MomentumSGD(learning_rate=0.01, momentum=0.9)
+        step = make_train_step(model, optimizer, strategy, global_batch_size=32)
+    metrics = step(images, labels)       # {"loss", "cross_entropy", "accuracy", "finite"}
+    optimizer.learning_rate.assign(0.001)   # a schedule: no retrace
+
+This is the step flowers_tl.train trains with, and the step bench.step and the pytest-benchmark
+rows time: there is no other.
 
 MomentumSGD is TF1's `tf.train.MomentumOptimizer`, the optimizer of the TF-slim / MoXing recipe
 this project reproduces: `accum = momentum * accum + grad; var -= lr * accum`. Keras' SGD keeps
 `velocity = momentum * velocity - lr * grad` instead, which is the same trajectory only while
 the learning rate is constant; after a piecewise drop the two differ, so we keep TF1's form.
-
-Speed on a CPU: TensorFlow's default kernels for the convolution gradients are ~4x slower than
-its forward ones (the backward is ~80% of the step). Setting TF_ENABLE_ONEDNN_OPTS=1 before
-TensorFlow is imported (oneDNN is off by default on AVX2-only CPUs such as this project's AMD
-EPYC) made this step 1.76x faster: 12.8 vs 7.3 img/s at 128 px, batch 32, fp32
-(`python -m bench.step --model ours,keras --onednn false,true`).
+Its update rule is written once, in `MomentumSGD.rule`.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Callable, Iterable
 
 import tensorflow as tf
 
 
+# ------------------------------------------------------------------------------------ devices
+def make_strategy(num_gpus: int, cpu_devices: int = 1) -> tf.distribute.Strategy:
+    """Several workers in TF_CONFIG: MultiWorkerMirrored; N GPUs: Mirrored; one: OneDevice;
+    cpu_devices > 1: Mirrored over that many logical CPUs (tests)."""
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    if len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if num_gpus > 1:
+        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(num_gpus)])
+    if num_gpus == 1:
+        return tf.distribute.OneDeviceStrategy("/gpu:0")
+    if cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)])
+    return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def worker_index_and_count(strategy) -> tuple[int, int]:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 0, 1
+    spec = resolver.cluster_spec().as_dict()
+    count = len(spec.get("worker", [])) + len(spec.get("chief", []))
+    index = resolver.task_id + (1 if resolver.task_type == "worker" and "chief" in spec else 0)
+    return index, count
+
+
+def distribute_batch(strategy, images, labels, per_device: int):
+    """This worker's numpy batch -> per-replica tensors (replica r gets rows r*per_device...)."""
+    local_replicas = strategy.num_replicas_in_sync // worker_index_and_count(strategy)[1]
+
+    def replica_slice(context):
+        local = context.replica_id_in_sync_group % local_replicas
+        lo, hi = local * per_device, (local + 1) * per_device
+        return tf.constant(images[lo:hi]), tf.constant(labels[lo:hi])
+
+    return strategy.experimental_distribute_values_from_function(replica_slice)
+
+
+# ------------------------------------------------------------------------------------ optimizer
 def _base_name(variable: tf.Variable) -> str:
     return variable.name.rsplit(":", 1)[0]  # "a/b/weights:0" -> "a/b/weights"
 
@@ -45,10 +90,9 @@ class MomentumSGD(tf.Module):
             self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
         self.slots: dict[str, tf.Variable] = {}
 
-    def build(self, variables: Iterable[tf.Variable]) -> None:
-        """Creates the accumulators now (eagerly) rather than on the first apply()."""
-        for variable in variables:
-            self._slot(variable)
+    def build(self, variables: Iterable[tf.Variable]) -> list[tf.Variable]:
+        """Creates the accumulators now (eagerly); returns them in the variables' order."""
+        return [self._slot(variable) for variable in variables]
 
     def _slot(self, variable: tf.Variable) -> tf.Variable:
         name = _base_name(variable)
@@ -64,8 +108,18 @@ class MomentumSGD(tf.Module):
                              f"{variable.shape}): MomentumSGD keys its slots by variable name")
         return slot
 
+    def rule(self, variable, accumulator, grad, learning_rate, apply=True) -> None:
+        """The update, the only place it is written: accum = m * accum + grad; var -= lr *
+        accum. Where `apply` is False (a non-finite step) both stay as they are. Called on each
+        device's own copies under a distribution strategy."""
+        new_accumulator = self.momentum * accumulator + grad
+        accumulator.assign(tf.where(apply, new_accumulator, accumulator))
+        variable.assign_sub(tf.where(apply, tf.cast(learning_rate, variable.dtype) *
+                                     new_accumulator, tf.zeros_like(variable)))
+
     def apply(self, grads_and_vars: Iterable[tuple[tf.Tensor | None, tf.Variable]]) -> None:
-        """One update of every variable with a gradient; None gradients are skipped, as in TF1."""
+        """One update of every variable with a gradient, outside a strategy; None gradients are
+        skipped, as in TF1."""
         pairs = [(grad, var) for grad, var in grads_and_vars if grad is not None]
         if not pairs:
             raise ValueError("no gradients to apply: every gradient is None")
@@ -73,41 +127,111 @@ class MomentumSGD(tf.Module):
         if len(set(names)) != len(names):
             raise ValueError("variables with the same name: MomentumSGD keys its slots by name")
         for grad, var in pairs:
-            accumulator = self._slot(var)
-            grad = tf.convert_to_tensor(grad, var.dtype)  # densifies IndexedSlices
-            accumulator.assign(self.momentum * accumulator + grad)
-            var.assign_sub(tf.cast(self.learning_rate, var.dtype) * accumulator)
+            self.rule(var, self._slot(var), tf.convert_to_tensor(grad, var.dtype),
+                      self.learning_rate)
         self.iterations.assign_add(1)
 
 
-def make_train_step(model, optimizer: MomentumSGD,
-                    jit_compile: bool = False) -> Callable[[tf.Tensor, tf.Tensor], dict]:
-    """A tf.function `step(images, labels) -> {"loss", "cross_entropy", "accuracy"}` (fp32
-    scalars; accuracy of the batch before the update). loss = mean sparse softmax cross-entropy
-    + model.weight_decay_loss(). `jit_compile=True` compiles the whole step with XLA."""
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "xla", jit_compile) != jit_compile:
-        # The model's config records whether its caller compiles it (NCHW on a CPU relies on it).
-        raise ValueError(f"model config says xla={config.xla} but jit_compile={jit_compile}")
-    variables = list(model.trainable_variables)  # fixed order for the whole run
-    optimizer.build(variables)  # no variable creation inside the traced function
+# ------------------------------------------------------------------------------------ loss scale
+class LossScale(tf.Module):
+    """fp16 loss scaling: a fixed scale, or dynamic (start at 2^15, halve and skip the step on
+    non-finite gradients, double after `growth_interval` finite steps)."""
 
-    # reduce_retracing: a smaller last batch traces once more with a [None, ...] shape, then
-    # every batch size reuses that; under XLA each new shape still compiles once.
+    def __init__(self, setting: str, growth_interval: int = 2000):
+        super().__init__(name="loss_scale")
+        self.dynamic = setting == "dynamic"
+        self.growth_interval = growth_interval
+        self.scale = tf.Variable(2.0 ** 15 if self.dynamic else float(setting), trainable=False,
+                                 name="scale")
+        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
+        self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped")
+
+    def update(self, finite):
+        if not self.dynamic:
+            return
+        grow = tf.logical_and(finite, self.good_steps + 1 >= self.growth_interval)
+        self.scale.assign(tf.where(grow, self.scale * 2.0,
+                                   tf.where(finite, self.scale, tf.maximum(self.scale / 2.0, 1.0))))
+        self.good_steps.assign(tf.where(tf.logical_and(finite, tf.logical_not(grow)),
+                                        self.good_steps + 1, tf.zeros_like(self.good_steps)))
+        self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+
+
+# ------------------------------------------------------------------------------------ the step
+def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strategy | None = None,
+                    global_batch_size: int | None = None, loss_scale: LossScale | None = None,
+                    jit_compile: bool | None = None) -> Callable[..., dict]:
+    """`step(images, labels) -> {"loss", "cross_entropy", "accuracy", "finite"}` (fp32 scalars
+    summed over replicas; accuracy of the batch before the update).
+
+    strategy.run over the replicas: forward and backward per replica (XLA-compiled when
+    `jit_compile`, default the model's `config.xla`), then one cross-replica update: gradients
+    summed with batch_reduce_to, unscaled, checked for finiteness, and applied on every device
+    by MomentumSGD.rule. A step with non-finite gradients changes nothing but the loss scale
+    (dynamic) and says so in "finite". loss = mean cross-entropy + the model's weight decay.
+    images/labels: per-replica values (distribute_batch), or plain tensors on one device.
+    Without a strategy: the default one (one device); global_batch_size defaults to the
+    batch's size times the replicas."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if jit_compile is None:
+        jit_compile = model.config.xla
+    elif model.config.xla != jit_compile:
+        # The model's config records whether its caller compiles it (NCHW on a CPU relies on it).
+        raise ValueError(f"model config says xla={model.config.xla} but jit_compile={jit_compile}")
+    variables = list(model.trainable_variables)  # fixed order for the whole run
+    slots = optimizer.build(variables)  # no variable creation inside the traced function
+    num_replicas = strategy.num_replicas_in_sync
+
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-    def step(images, labels):
+    def compute(images, labels, global_batch):
         labels = tf.cast(labels, tf.int32)
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
-            cross_entropy = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
-            loss = cross_entropy + tf.cast(model.weight_decay_loss(), tf.float32)
-        grads = tape.gradient(loss, variables)
+            cross_entropy = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=labels, logits=logits)) / global_batch
+            # Every replica adds its share, so the sum over replicas has it once.
+            loss = cross_entropy + tf.cast(model.weight_decay_loss(), tf.float32) / num_replicas
+            scaled = loss * loss_scale.scale if loss_scale is not None else loss
         # Master variables are fp32; a mixed-precision model's grads arrive through its casts.
-        optimizer.apply([(None if grad is None else tf.cast(grad, tf.float32), var)
-                         for grad, var in zip(grads, variables)])
-        predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        accuracy = tf.reduce_mean(tf.cast(tf.equal(predictions, labels), tf.float32))
-        return {"loss": loss, "cross_entropy": cross_entropy, "accuracy": accuracy}
+        grads = [tf.cast(g, tf.float32) for g in tape.gradient(scaled, variables)]
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                                 labels), tf.float32))
+        return grads, loss, cross_entropy, correct
+
+    def apply(distribution, grads):  # cross-replica context
+        summed = distribution.extended.batch_reduce_to(
+            tf.distribute.ReduceOp.SUM, list(zip(grads, variables)))
+        if loss_scale is not None:
+            summed = [g / loss_scale.scale for g in summed]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in summed])
+        for grad, variable, slot in zip(summed, variables, slots):
+            # Mirrored values in args arrive as each device's own component.
+            distribution.extended.update(
+                variable, optimizer.rule, args=(slot, grad, optimizer.learning_rate, finite),
+                group=False)
+        optimizer.iterations.assign_add(tf.cast(finite, tf.int64))
+        if loss_scale is not None:
+            loss_scale.update(finite)
+        return finite
+
+    def replica_step(images, labels, global_batch):
+        grads, loss, cross_entropy, correct = compute(images, labels, global_batch)
+        finite = tf.distribute.get_replica_context().merge_call(apply, args=(grads,))
+        return loss, cross_entropy, correct, finite
+
+    @tf.function(reduce_retracing=True)
+    def distributed_step(images, labels, global_batch):
+        loss, cross_entropy, correct, finite = strategy.run(
+            replica_step, args=(images, labels, global_batch))
+        total = lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+        return {"loss": total(loss), "cross_entropy": total(cross_entropy),
+                "accuracy": total(correct) / global_batch,
+                "finite": tf.reduce_all(strategy.experimental_local_results(finite))}
+
+    def step(images, labels):
+        # A tensor argument: a smaller last batch (one device) changes no trace.
+        size = global_batch_size or \
+            strategy.experimental_local_results(images)[0].shape[0] * num_replicas
+        return distributed_step(images, labels, tf.constant(float(size)))
 
     return step

@@ -4,14 +4,15 @@
         --checkpoint_url resnet_v1_50.ckpt --num_gpus 4 --precision fp16 --loss_scale 1024
 
 Without --data_url it runs on the built-in generated flowers set, fine-tuning from a source
-checkpoint trained once on a *different* generated task (cached), so the default run is real
-transfer learning with the logits excluded. On a machine without a GPU that default is CPU-sized
-(see flowers_tl.config.CPU_DEFAULT, printed with the configuration).
+checkpoint trained once on a *different* generated task (flowers_tl.builtin). On a machine
+without a GPU that default is CPU-sized (preset cpu-default, printed with the configuration).
 
 The run directory (--train_url) gets: config.json (the resolved configuration, model, classes,
-environment), metrics.jsonl (one JSON object a line: steps, epochs, the time-to-target event),
-tensorboard/, checkpoints/ (resumed from when the same command runs again), result.json and
-export/<N>/ (a SavedModel for TF Serving).
+environment), metrics.jsonl (one JSON object a line: every step in the schema of
+flowers_tl.results, epochs, the time-to-target event), tensorboard/, checkpoints/ (resumed from
+when the same command runs again), result.json and export/<N>/ (a SavedModel for TF Serving).
+
+Stages, as in big_vision's trainer: input, model and optimizer, checkpoint, evaluation, loop.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import time
 
 PROCESS_START = time.time()  # MLPerf-style clock: time to target counts from here
 
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -32,227 +32,48 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from flowers_tl import config as config_lib  # noqa: E402
+from flowers_tl.builtin import SourceNotReady, built_in_data  # noqa: E402
 from flowers_tl.checkpoint import restore_pretrained  # noqa: E402
 from flowers_tl.data import list_folder, split  # noqa: E402
-from flowers_tl.model import ModelConfig, ResNet50, get_model_meta  # noqa: E402
-from flowers_tl.step import MomentumSGD  # noqa: E402
-
-# The built-in source task: 10 other generated classes (5..14), 100 photos each, trained from
-# scratch once per (variant, image size) with what makes short from-scratch runs stable at
-# batch 32 (zero-init residual branches, warm-up, BN momentum 0.9, milder crops). On 2 cores at
-# 64 px it takes ~7 min and ends near 75% training accuracy: weak next to ImageNet, but its
-# features carry over (fine-tuning from it reaches 77% after 10 epochs, 63% from a 5-class,
-# 300-photo source).
-SOURCE_CLASS_OFFSET = 5
-SOURCE_CLASSES = 10
-SOURCE_PER_CLASS = 100
-SOURCE_SETTINGS = dict(epochs=16, lr_schedule="12:0.04,16:0.004", warmup_epochs=2,
-                       zero_init_residual=True, crop_area_min=0.35, batch_norm_momentum=0.9)
+from flowers_tl.model import ResNet50, get_model_meta  # noqa: E402
+from flowers_tl.results import throughput_from_step_rows  # noqa: E402
+from flowers_tl.step import (LossScale, MomentumSGD, distribute_batch, make_strategy,  # noqa: E402
+                             make_train_step, worker_index_and_count)
 
 
 class TrainingStopped(RuntimeError):
     """The run cannot go on (e.g. a non-finite loss with a static loss scale)."""
 
 
-# ------------------------------------------------------------------------------------ devices
-def make_strategy(config: config_lib.TrainConfig) -> tf.distribute.Strategy:
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    if len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if config.num_gpus > 1:
-        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(config.num_gpus)])
-    if config.num_gpus == 1:
-        return tf.distribute.OneDeviceStrategy("/gpu:0")
-    if config.cpu_devices > 1:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
-        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(config.cpu_devices)])
-    return tf.distribute.OneDeviceStrategy("/cpu:0")
-
-
-def worker_index_and_count(strategy) -> tuple[int, int]:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 0, 1
-    spec = resolver.cluster_spec().as_dict()
-    count = len(spec.get("worker", [])) + len(spec.get("chief", []))
-    index = resolver.task_id + (1 if resolver.task_type == "worker" and "chief" in spec else 0)
-    return index, count
-
-
-# ----------------------------------------------------------------------------- update step
-class LossScale(tf.Module):
-    """fp16 loss scaling: a fixed scale, or dynamic (start at 2^15, halve and skip the step on
-    non-finite gradients, double after `growth_interval` finite steps)."""
-
-    def __init__(self, setting: str, growth_interval: int = 2000):
-        super().__init__(name="loss_scale")
-        self.dynamic = setting == "dynamic"
-        self.growth_interval = growth_interval
-        self.scale = tf.Variable(2.0 ** 15 if self.dynamic else float(setting), trainable=False,
-                                 name="scale")
-        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
-        self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped")
-
-    def update(self, finite):
-        if not self.dynamic:
-            return
-        grow = tf.logical_and(finite, self.good_steps + 1 >= self.growth_interval)
-        self.scale.assign(tf.where(grow, self.scale * 2.0,
-                                   tf.where(finite, self.scale, tf.maximum(self.scale / 2.0, 1.0))))
-        self.good_steps.assign(tf.where(tf.logical_and(finite, tf.logical_not(grow)),
-                                        self.good_steps + 1, tf.zeros_like(self.good_steps)))
-        self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
-
-
-def make_train_step(model, optimizer: MomentumSGD, strategy, global_batch_size: int,
-                    loss_scale: LossScale | None, jit_compile: bool):
-    """strategy.run over the replicas: forward and backward per replica (XLA-compiled when
-    asked), then one cross-replica update: gradients summed with batch_reduce_to, unscaled,
-    checked for finiteness, and applied on every device. A step with non-finite gradients
-    changes nothing but the loss scale (dynamic) or is reported (static: the loop stops)."""
-    variables = list(model.trainable_variables)
-    optimizer.build(variables)
-    slots = [optimizer.slots[v.name.rsplit(":", 1)[0]] for v in variables]
-    num_replicas = strategy.num_replicas_in_sync
-
-    def momentum_update(variable, accumulator, grad, finite, learning_rate):
-        # MomentumSGD's rule; a non-finite step leaves variable and accumulator untouched.
-        new_accumulator = optimizer.momentum * accumulator + grad
-        accumulator.assign(tf.where(finite, new_accumulator, accumulator))
-        variable.assign_sub(tf.where(finite, learning_rate * new_accumulator,
-                                     tf.zeros_like(variable)))
-
-    @tf.function(jit_compile=jit_compile)
-    def compute(images, labels):
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            cross_entropy = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=labels, logits=logits)) / global_batch_size
-            # Every replica adds its share, so the sum over replicas has it once.
-            loss = cross_entropy + model.weight_decay_loss() / num_replicas
-            scaled = loss * loss_scale.scale if loss_scale is not None else loss
-        grads = [tf.cast(g, tf.float32) for g in tape.gradient(scaled, variables)]
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                                 labels), tf.float32))
-        return grads, loss, cross_entropy, correct
-
-    def apply(distribution, grads):  # cross-replica context
-        summed = distribution.extended.batch_reduce_to(
-            tf.distribute.ReduceOp.SUM, list(zip(grads, variables)))
-        if loss_scale is not None:
-            summed = [g / loss_scale.scale for g in summed]
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in summed])
-        for grad, variable, slot in zip(summed, variables, slots):
-            # Mirrored values in args arrive as each device's own component.
-            distribution.extended.update(
-                variable, momentum_update, args=(slot, grad, finite, optimizer.learning_rate),
-                group=False)
-        optimizer.iterations.assign_add(tf.cast(finite, tf.int64))
-        if loss_scale is not None:
-            loss_scale.update(finite)
-        return finite
-
-    def replica_step(images, labels):
-        grads, loss, cross_entropy, correct = compute(images, labels)
-        finite = tf.distribute.get_replica_context().merge_call(apply, args=(grads,))
-        return loss, cross_entropy, correct, finite
-
-    @tf.function
-    def step(per_replica_images, per_replica_labels):
-        loss, cross_entropy, correct, finite = strategy.run(
-            replica_step, args=(per_replica_images, per_replica_labels))
-        total = lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-        return {"loss": total(loss), "cross_entropy": total(cross_entropy),
-                "accuracy": total(correct) / global_batch_size,
-                "finite": tf.reduce_all(strategy.experimental_local_results(finite))}
-
-    return step
-
-
-# ------------------------------------------------------------------------------------- data
-def built_in_data(config) -> tuple[str, str | None]:
-    """(data folder, source checkpoint) of the built-in default run, both made once and cached."""
-    from flowers_tl import synth
-
-    per_class = config.per_class or synth.DEFAULT_PER_CLASS
-    data_url = synth.default_dataset(classes=5, per_class=per_class, seed=0)
-    checkpoint_url = config.checkpoint_url
-    if checkpoint_url is None:
-        checkpoint_url = source_checkpoint(config)
-    return data_url, checkpoint_url
-
-
-def source_checkpoint(config) -> str:
-    """Trains the same network from scratch on another generated task (SOURCE_*), once per
-    (variant, image size), and caches its checkpoint: the built-in run then fine-tunes from it
-    with the logits excluded, as a user would from resnet_v1_50.ckpt."""
-    from flowers_tl import synth
-
-    folder = os.path.join(synth.default_cache_dir(),
-                          f"source-v2-{config.variant}-{config.image_size}px")
-    done = os.path.join(folder, "DONE")
-    if os.path.exists(done):
-        return os.path.join(folder, "checkpoints")
-    source_data = synth.default_dataset(classes=SOURCE_CLASSES, per_class=SOURCE_PER_CLASS,
-                                        seed=1, class_offset=SOURCE_CLASS_OFFSET)
-    print(f"[source] training the built-in source checkpoint once on {source_data} "
-          f"-> {folder}", flush=True)
-    source = dataclasses.replace(
-        config, data_url=source_data, train_url=folder, checkpoint_url=config_lib.FROM_SCRATCH,
-        val_fraction=0.0, target_metric="train", stop_at_target=False, export=False,
-        max_steps=None, per_class=None, note="built-in source task", **SOURCE_SETTINGS)
-    summary = train(source, data_url=source_data, checkpoint_url=config_lib.FROM_SCRATCH)
-    if summary["stop_reason"] != "finished":  # interrupted: resumes on the next run
-        raise TrainingStopped(f"source checkpoint training {summary['stop_reason']}; rerun to "
-                              "resume it")
-    with open(done, "w") as handle:
-        handle.write("ok\n")
-    return os.path.join(folder, "checkpoints")
-
-
-def make_input(config, files, labels, local_batch, worker, workers, start_batch, classes,
-               report: dict | None = None):
+# ------------------------------------------------------------------------------------- input
+def make_input(config: config_lib.RunConfig, files, labels, local_batch: int, worker: int,
+               workers: int, start_batch: int, classes: int, report: dict | None = None):
     """An endless iterator of (uint8 images [local_batch, S, S, 3], int32 labels). With the C++
     reader, report["reader"] is set to it (for its bad-file summary)."""
-    if config.input == "synthetic":  # in-memory random tensors: the step alone
-        rng = np.random.default_rng(config.seed)
-        images = rng.integers(0, 256, (local_batch, config.image_size, config.image_size, 3),
-                              dtype=np.uint8)
+    size, reader = config.reader.image_size, config.reader
+    area_range = (reader.crop_area_min, 1.0)
+    if reader.input == "synthetic":  # in-memory random tensors: the step alone
+        rng = np.random.default_rng(config.train.seed)
+        images = rng.integers(0, 256, (local_batch, size, size, 3), dtype=np.uint8)
         batch_labels = rng.integers(0, classes, local_batch, dtype=np.int32)
         while True:
             yield images, batch_labels
-    if config.input == "tfdata":
+    if reader.input == "tfdata":
         from flowers_tl.tfdata import make_dataset
-        dataset = make_dataset(files[worker::workers], labels[worker::workers], local_batch,
-                               config.image_size, training=True,
-                               num_threads=config.reader_threads, seed=config.seed + worker,
-                               drop_remainder=True, area_range=(config.crop_area_min, 1.0))
+        dataset = make_dataset(files[worker::workers], labels[worker::workers], local_batch, size,
+                               training=True, num_threads=reader.reader_threads,
+                               seed=config.train.seed + worker, drop_remainder=True,
+                               area_range=area_range)
         yield from dataset.as_numpy_iterator()
         return
     from flowers_tl.reader import Reader
-    with Reader(files, labels, batch_size=local_batch, image_size=config.image_size,
-                training=True, num_threads=config.reader_threads, seed=config.seed,
-                shard_index=worker, num_shards=workers, drop_remainder=True,
-                start_batch=start_batch, area_range=(config.crop_area_min, 1.0)) as reader:
+    with Reader(files, labels, batch_size=local_batch, image_size=size, training=True,
+                num_threads=reader.reader_threads, seed=config.train.seed, shard_index=worker,
+                num_shards=workers, drop_remainder=True, start_batch=start_batch,
+                area_range=area_range) as stream:
         if report is not None:
-            report["reader"] = reader
-        yield from reader
-
-
-def evaluate(predict, files, labels, config, bad_files: dict | None = None) -> float:
-    """Accuracy over files; the reader's skipped files and reasons go into bad_files."""
-    from flowers_tl.reader import Reader
-    correct = 0
-    with Reader(files, labels, batch_size=config.batch_size, image_size=config.image_size,
-                training=False, num_threads=config.reader_threads, num_epochs=1) as reader:
-        for images, batch_labels in reader:
-            predictions = predict(tf.constant(images)).numpy()
-            correct += int((predictions == batch_labels).sum())
-        if bad_files is not None:
-            bad_files.update(reader.summary().first_bad_files)
-    return correct / len(files)
+            report["reader"] = stream
+        yield from stream
 
 
 def input_report(train_reader, val_bad_files: dict) -> dict:
@@ -268,6 +89,31 @@ def input_report(train_reader, val_bad_files: dict) -> dict:
     return report
 
 
+# ------------------------------------------------------------------------------- evaluation
+def evaluate(predict, files, labels, config: config_lib.RunConfig,
+             bad_files: dict | None = None) -> float | None:
+    """Accuracy over the files that decode (None if none does); the reader's skipped files
+    and reasons go into bad_files. An evaluation batch whose files are all bad is skipped and
+    reported, not fatal."""
+    from flowers_tl.reader import Reader
+    correct = counted = 0
+    with Reader(files, labels, batch_size=config.train.batch_size,
+                image_size=config.reader.image_size, training=False,
+                num_threads=config.reader.reader_threads, num_epochs=1,
+                fill_bad_slots=False) as reader:
+        for images, batch_labels in reader:
+            good = batch_labels >= 0  # a slot whose file failed has label -1
+            if not good.any():
+                continue
+            predictions = predict(tf.constant(images[good])).numpy()
+            correct += int((predictions == batch_labels[good]).sum())
+            counted += int(good.sum())
+        if bad_files is not None:
+            bad_files.update(reader.summary().first_bad_files)
+    return correct / counted if counted else None
+
+
+# ------------------------------------------------------------------------------- checkpoint
 def save_checkpoint(manager, step: int) -> None:
     """A failed save (disk full, quota, permissions) stops the run with one line. The manager
     records a checkpoint only once it is completely written, so the earlier ones stay usable."""
@@ -278,6 +124,28 @@ def save_checkpoint(manager, step: int) -> None:
         raise TrainingStopped(
             f"cannot save the checkpoint of step {step} in {manager.directory}: {reason}; "
             f"earlier checkpoints are intact (latest: {manager.latest_checkpoint})") from None
+
+
+def restore_or_start(config, checkpoint, manager, model, checkpoint_url, global_step,
+                     loss_scale) -> list[str]:
+    """Resume from the run's own latest checkpoint, else load the pretrained weights (logits
+    and global_step excluded), else start from scratch. Lines saying which, for the log."""
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        lines = [f"resumed from {manager.latest_checkpoint} at step {int(global_step.numpy())}"]
+        if loss_scale is not None and not loss_scale.dynamic:
+            # A static scale is a setting, not state: the configuration's wins over the saved one.
+            saved, wanted = float(loss_scale.scale.numpy()), float(config.train.loss_scale)
+            if saved != wanted:
+                loss_scale.scale.assign(wanted)
+                lines.append(f"loss scale: --loss_scale {config.train.loss_scale} replaces the "
+                             f"checkpoint's {saved:g}")
+        return lines
+    if checkpoint_url != config_lib.FROM_SCRATCH:
+        patterns = config.run.checkpoint_exclude_patterns or \
+            f"global_step,{get_model_meta(config.model.variant).logits_pattern}"
+        return [restore_pretrained(model, checkpoint_url, patterns).summary()]
+    return ["training from scratch (--checkpoint_url none)"]
 
 
 # ------------------------------------------------------------------------------------- loop
@@ -308,278 +176,29 @@ class Interrupted:
 
 
 class MetricsLog:
+    """metrics.jsonl (every row) and TensorBoard (scalars of the rows asked for), chief only."""
+
     def __init__(self, train_url: str, chief: bool):
         self.chief = chief
         self.path = os.path.join(train_url, "metrics.jsonl")
         self.writer = tf.summary.create_file_writer(os.path.join(train_url, "tensorboard")) \
             if chief else None
 
-    def write(self, row: dict, step: int):
+    def write(self, row: dict, step: int, summary: bool = True):
         if not self.chief:
             return
         with open(self.path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
-        with self.writer.as_default(step=step):
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-                    tf.summary.scalar(f"{row['kind']}/{key}", value)
+        if summary:
+            with self.writer.as_default(step=step):
+                for key, value in row.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                            and key != "step":
+                        tf.summary.scalar(f"{row['kind']}/{key}", value)
 
 
 def default_train_url() -> str:
     return os.path.join("runs", time.strftime("flowers_tl-%Y%m%d-%H%M%S"))
-
-
-def train(config: config_lib.TrainConfig, data_url: str | None = None,
-          checkpoint_url: str | None = None) -> dict:
-    """Runs (or resumes) one training run; returns the summary also written to result.json.
-    SIGTERM / Ctrl-C during the run save a checkpoint and return with stop_reason
-    'interrupted by ...'."""
-    interrupted = Interrupted()
-    try:
-        return _train(config, data_url, checkpoint_url, interrupted)
-    finally:
-        interrupted.restore()
-
-
-def _train(config: config_lib.TrainConfig, data_url: str | None, checkpoint_url: str | None,
-           interrupted: Interrupted) -> dict:
-    data_url = data_url or config.data_url
-    checkpoint_url = checkpoint_url or config.checkpoint_url
-    if data_url is None:
-        data_url, checkpoint_url = built_in_data(config)
-    train_url = config.train_url or default_train_url()
-    try:  # an unwritable run folder stops here, not after the model is built
-        os.makedirs(train_url, exist_ok=True)
-        with tempfile.TemporaryFile(dir=train_url):
-            pass
-    except OSError as error:
-        raise TrainingStopped(f"--train_url {train_url}: cannot write there: "
-                              f"{error.strerror or error}") from None
-
-    # ---- data
-    dataset = list_folder(data_url)
-    train_set, val_set = split(dataset, config.val_fraction, config.seed)
-    classes = len(dataset.class_names)
-
-    # ---- devices, model, optimizer
-    strategy = make_strategy(config)
-    worker, workers = worker_index_and_count(strategy)
-    chief = worker == 0
-    replicas = strategy.num_replicas_in_sync
-    local_replicas = replicas // workers
-    global_batch = config.batch_size * replicas
-    local_batch = config.batch_size * local_replicas
-    steps_per_epoch = (len(train_set) // workers) // local_batch
-    if steps_per_epoch == 0:
-        raise config_lib.ConfigError(
-            f"{len(train_set)} training images are less than one global batch of {global_batch}")
-    total_steps = int(round(config.epochs * steps_per_epoch))
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    schedule = config_lib.parse_lr_schedule(config.lr_schedule)
-    model_config = ModelConfig(
-        num_classes=classes, data_format=config.data_format,
-        fused_batch_norm=config.batch_norm_fused, precision=config.precision,
-        variant=config.variant, xla=config.xla, freeze_batch_norm=config.freeze_batch_norm,
-        weight_decay=config.weight_decay, batch_norm_momentum=config.batch_norm_momentum,
-        zero_init_residual=config.zero_init_residual, seed=config.seed)
-    with strategy.scope():
-        model = ResNet50(model_config)
-        optimizer = MomentumSGD(
-            learning_rate_at_step(schedule, 0, steps_per_epoch, config.warmup_epochs),
-            momentum=config.momentum)
-        loss_scale = LossScale(config.loss_scale) if config.loss_scale else None
-        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        step_fn = make_train_step(model, optimizer, strategy, global_batch, loss_scale,
-                                  jit_compile=config.xla)
-    predict = tf.function(lambda images: tf.argmax(model(images, training=False), -1,
-                                                   output_type=tf.int32),
-                          jit_compile=config.xla)
-
-    # ---- checkpoint: resume, or start from the pretrained weights
-    tracked = dict(model=model, optimizer=optimizer, global_step=global_step)
-    if loss_scale is not None:
-        tracked["loss_scale"] = loss_scale
-    checkpoint = tf.train.Checkpoint(**tracked)
-    checkpoint_dir = os.path.join(train_url, "checkpoints") if chief else \
-        os.path.join(train_url, f".worker-{worker}-checkpoints")  # non-chiefs must save too
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
-    restore_lines = []
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        restore_lines.append(f"resumed from {manager.latest_checkpoint} at step "
-                             f"{int(global_step.numpy())}")
-    elif checkpoint_url != config_lib.FROM_SCRATCH:
-        patterns = config.checkpoint_exclude_patterns or \
-            f"global_step,{get_model_meta(config.variant).logits_pattern}"
-        report = restore_pretrained(model, checkpoint_url, patterns)
-        restore_lines.append(report.summary())
-    else:
-        restore_lines.append("training from scratch (--checkpoint_url none)")
-
-    # ---- announce
-    resolved = dataclasses.replace(config, train_url=train_url)
-    if chief:
-        from flowers_tl.env import describe_environment
-        with open(os.path.join(train_url, "config.json"), "w") as handle:
-            json.dump({"config": dataclasses.asdict(resolved),
-                       "model": dataclasses.asdict(model_config),
-                       "image_size": config.image_size, "class_names": list(dataset.class_names),
-                       "data_url": os.path.abspath(data_url),
-                       "checkpoint_url": checkpoint_url,
-                       "environment": describe_environment()}, handle, indent=2)
-        print("configuration:\n" + config_lib.to_json(resolved), flush=True)
-        print(f"data: {data_url}: {len(train_set)} train / {len(val_set)} val images, "
-              f"classes {train_set.class_counts()}", flush=True)
-        print(f"devices: {replicas} replica(s) on {workers} worker(s); batch {config.batch_size} "
-              f"per device, global batch {global_batch}; learning rates as given (not scaled "
-              f"with the global batch); {steps_per_epoch} steps per epoch, {total_steps} steps",
-              flush=True)
-        print("\n".join(restore_lines), flush=True)
-
-    # ---- the loop
-    log = MetricsLog(train_url, chief)
-    interrupted.install()
-    start_step = int(global_step.numpy())
-    input_readers, val_bad_files = {}, {}
-    batches = make_input(config, list(train_set.files), list(train_set.labels), local_batch,
-                         worker, workers, start_step, classes, report=input_readers)
-    first_step_time = None
-    last_save = time.time()
-    window = dict(images=0, seconds=0.0, wait=0.0, compute=0.0)
-    epoch_correct, epoch_seen = 0.0, 0
-    target_event = None
-    best = {"train": 0.0, "val": 0.0}
-    stop_reason = "finished"
-    step = start_step
-    while step < total_steps:
-        if interrupted.signal:
-            stop_reason = f"interrupted by {interrupted.signal}"
-            break
-        epoch = step // steps_per_epoch
-        optimizer.learning_rate.assign(
-            learning_rate_at_step(schedule, step, steps_per_epoch, config.warmup_epochs))
-        wait_start = time.time()
-        images, labels = next(batches)
-        compute_start = time.time()
-        per_replica = strategy.experimental_distribute_values_from_function(
-            lambda context: _replica_slice(images, labels, context, config.batch_size,
-                                           local_replicas))
-        metrics = step_fn(*per_replica)
-        finite = bool(metrics["finite"].numpy())
-        loss = float(metrics["loss"].numpy())  # also waits for the step to finish
-        end = time.time()
-        if first_step_time is None:
-            first_step_time = compute_start
-        if not finite and (loss_scale is None or not loss_scale.dynamic):
-            raise TrainingStopped(
-                f"step {step}: non-finite gradients (loss {loss}) with "
-                f"{'loss scale ' + config.loss_scale if loss_scale else config.precision}: "
-                "nothing was applied; " + ("rerun with --loss_scale dynamic (or a smaller scale)"
-                                           if loss_scale is not None else
-                                           "the run diverged: lower the learning rate"))
-        step += 1
-        global_step.assign(step)
-        accuracy = float(metrics["accuracy"].numpy())
-        epoch_correct += accuracy * global_batch
-        epoch_seen += global_batch
-        if step - start_step > config.warmup_steps:
-            window["images"] += global_batch
-            window["seconds"] += end - wait_start
-            window["wait"] += compute_start - wait_start
-            window["compute"] += end - compute_start
-        if step % config.log_every == 0 or step == total_steps:
-            row = {"kind": "step", "step": step, "epoch": round(step / steps_per_epoch, 3),
-                   "loss": loss, "accuracy": accuracy,
-                   "learning_rate": float(optimizer.learning_rate.numpy()),
-                   "time": round(time.time() - PROCESS_START, 2)}
-            if window["seconds"] > 0:
-                row.update(images_per_sec=window["images"] / window["seconds"],
-                           images_per_sec_per_device=window["images"] / window["seconds"] / replicas,
-                           data_wait_fraction=window["wait"] / window["seconds"])
-            if loss_scale is not None:
-                row.update(loss_scale=float(loss_scale.scale.numpy()),
-                           skipped_steps=int(loss_scale.skipped_steps.numpy()))
-            log.write(row, step)
-            if chief:
-                speed = f"{row['images_per_sec']:.1f} img/s" if "images_per_sec" in row else "warm-up"
-                print(f"step {step}/{total_steps} epoch {row['epoch']:.2f} loss {loss:.4f} "
-                      f"acc {accuracy:.3f} lr {row['learning_rate']:g} {speed}", flush=True)
-        epoch_done = step % steps_per_epoch == 0 or step == total_steps
-        if epoch_done:
-            values = {"train": epoch_correct / max(epoch_seen, 1)}
-            if len(val_set):
-                values["val"] = evaluate(predict, list(val_set.files), list(val_set.labels),
-                                         config, val_bad_files)
-            row = {"kind": "epoch", "epoch": epoch + 1 if step % steps_per_epoch == 0 else
-                   round(step / steps_per_epoch, 3), "step": step,
-                   "train_accuracy": values["train"], "val_accuracy": values.get("val"),
-                   "time": round(time.time() - PROCESS_START, 2)}
-            log.write(row, step)
-            for key, value in values.items():
-                best[key] = max(best[key], value)
-            if chief:
-                print(f"epoch {row['epoch']}: train accuracy {values['train']:.4f}"
-                      + (f", val accuracy {values['val']:.4f}" if "val" in values else ""),
-                      flush=True)
-            epoch_correct, epoch_seen = 0.0, 0
-            metric = values.get(config.target_metric)
-            if target_event is None and metric is not None and metric >= config.target_accuracy:
-                now = time.time()
-                target_event = {
-                    "kind": "target", "metric": f"{config.target_metric}_accuracy",
-                    "split": config.target_metric, "target": config.target_accuracy,
-                    "value": metric, "step": step, "seed": config.seed,
-                    "seconds_from_process_start": now - PROCESS_START,
-                    "seconds_from_first_step": now - first_step_time,
-                    "resumed_from_step": start_step or None}
-                log.write(target_event, step)
-                if chief:
-                    print(f"target reached: {target_event['metric']} {metric:.4f} >= "
-                          f"{config.target_accuracy} after "
-                          f"{target_event['seconds_from_process_start']:.1f} s "
-                          f"({target_event['seconds_from_first_step']:.1f} s from the first "
-                          "step)", flush=True)
-                if config.stop_at_target:
-                    stop_reason = "target reached"
-                    break
-        minutes = (time.time() - last_save) / 60
-        if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or \
-                minutes >= config.checkpoint_every_minutes:
-            save_checkpoint(manager, step)
-            last_save = time.time()
-    save_checkpoint(manager, step)
-
-    summary = {"stop_reason": stop_reason, "steps": step, "total_steps": total_steps,
-               "images_per_sec": window["images"] / window["seconds"] if window["seconds"] else None,
-               "data_wait_fraction": window["wait"] / window["seconds"] if window["seconds"] else None,
-               "replicas": replicas, "global_batch": global_batch,
-               "best_train_accuracy": best["train"], "best_val_accuracy": best["val"] if len(val_set) else None,
-               "time_to_target": target_event, "seconds": time.time() - PROCESS_START,
-               "config": dataclasses.asdict(resolved),
-               "input": input_report(input_readers.get("reader"), val_bad_files)}
-    if chief:
-        if summary["input"]["bad_files"]:
-            print(f"input: skipped {summary['input']['bad_files']} bad file(s):\n" + "\n".join(
-                f"  {path}: {reason}" for path, reason in summary["input"]["first_bad_files"]),
-                flush=True)
-        if config.export and stop_reason != f"interrupted by {interrupted.signal}":
-            from flowers_tl.export import ExportError, export_saved_model
-            try:
-                summary["export"] = export_saved_model(model, os.path.join(train_url, "export"),
-                                                       dataset.class_names, config.image_size)
-            except (OSError, ExportError) as error:
-                raise TrainingStopped(
-                    f"{error}; the checkpoint of step {step} is saved, export it with "
-                    f"python -m flowers_tl.export --train_url {train_url}") from None
-            print(f"exported {summary['export']}", flush=True)
-        with open(os.path.join(train_url, "result.json"), "w") as handle:
-            json.dump(summary, handle, indent=2)
-        print(f"{stop_reason} at step {step}; "
-              + ("checkpoint saved, rerun the same command to resume" if
-                 stop_reason.startswith("interrupted") else f"results in {train_url}"),
-              flush=True)
-    return summary
 
 
 def learning_rate_at_step(schedule, step: int, steps_per_epoch: int,
@@ -592,17 +211,252 @@ def learning_rate_at_step(schedule, step: int, steps_per_epoch: int,
     return rate
 
 
-def _replica_slice(images, labels, context, per_device: int, local_replicas: int):
-    local = context.replica_id_in_sync_group % local_replicas
-    lo, hi = local * per_device, (local + 1) * per_device
-    return tf.constant(images[lo:hi]), tf.constant(labels[lo:hi])
+def train(config: config_lib.RunConfig) -> dict:
+    """Runs (or resumes) one training run; returns the summary also written to result.json.
+    SIGTERM / Ctrl-C during the run save a checkpoint and return with stop_reason
+    'interrupted by ...'."""
+    interrupted = Interrupted()
+    try:
+        return _train(config, interrupted)
+    finally:
+        interrupted.restore()
+
+
+def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
+    data_url, checkpoint_url = config.data.data_url, config.run.checkpoint_url
+    if data_url is None:
+        data_url, checkpoint_url = built_in_data(config)
+    train_url = config.run.train_url or default_train_url()
+    try:  # an unwritable run folder stops here, not after the model is built
+        os.makedirs(train_url, exist_ok=True)
+        with tempfile.TemporaryFile(dir=train_url):
+            pass
+    except OSError as error:
+        raise TrainingStopped(f"--train_url {train_url}: cannot write there: "
+                              f"{error.strerror or error}") from None
+    train_cfg, run_cfg = config.train, config.run
+
+    # ---- data
+    dataset = list_folder(data_url)
+    train_set, val_set = split(dataset, config.data.val_fraction, train_cfg.seed)
+    classes = len(dataset.class_names)
+
+    # ---- devices, model, optimizer
+    strategy = make_strategy(train_cfg.num_gpus, train_cfg.cpu_devices)
+    worker, workers = worker_index_and_count(strategy)
+    chief = worker == 0
+    replicas = strategy.num_replicas_in_sync
+    global_batch = train_cfg.batch_size * replicas
+    local_batch = global_batch // workers
+    steps_per_epoch = (len(train_set) // workers) // local_batch
+    if steps_per_epoch == 0:
+        raise config_lib.ConfigError(
+            f"{len(train_set)} training images are less than one global batch of {global_batch}")
+    total_steps = int(round(train_cfg.epochs * steps_per_epoch))
+    if train_cfg.max_steps is not None:
+        total_steps = min(total_steps, train_cfg.max_steps)
+    schedule = config_lib.parse_lr_schedule(train_cfg.lr_schedule)
+    with strategy.scope():
+        model = ResNet50(config.model, num_classes=classes, seed=train_cfg.seed)
+        optimizer = MomentumSGD(
+            learning_rate_at_step(schedule, 0, steps_per_epoch, train_cfg.warmup_epochs),
+            momentum=train_cfg.momentum)
+        loss_scale = LossScale(train_cfg.loss_scale) if train_cfg.loss_scale else None
+        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        step_fn = make_train_step(model, optimizer, strategy, global_batch, loss_scale)
+    predict = tf.function(lambda images: tf.argmax(model(images, training=False), -1,
+                                                   output_type=tf.int32),
+                          jit_compile=config.model.xla)
+
+    # ---- checkpoint: resume, or start from the pretrained weights
+    tracked = dict(model=model, optimizer=optimizer, global_step=global_step)
+    if loss_scale is not None:
+        tracked["loss_scale"] = loss_scale
+    checkpoint = tf.train.Checkpoint(**tracked)
+    checkpoint_dir = os.path.join(train_url, "checkpoints") if chief else \
+        os.path.join(train_url, f".worker-{worker}-checkpoints")  # non-chiefs must save too
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
+    restore_lines = restore_or_start(config, checkpoint, manager, model, checkpoint_url,
+                                     global_step, loss_scale)
+
+    # ---- announce
+    resolved = config_lib.with_overrides(config, {"train_url": train_url})
+    if chief:
+        from flowers_tl.env import describe_environment
+        with open(os.path.join(train_url, "config.json"), "w") as handle:
+            json.dump({"config": config_lib.to_dict(resolved),
+                       "model": config_lib.to_dict(resolved)["model"], "num_classes": classes,
+                       "image_size": config.reader.image_size,
+                       "class_names": list(dataset.class_names),
+                       "data_url": os.path.abspath(data_url), "checkpoint_url": checkpoint_url,
+                       "environment": describe_environment()}, handle, indent=2)
+        print("configuration:\n" + config_lib.to_json(resolved), flush=True)
+        print(f"data: {data_url}: {len(train_set)} train / {len(val_set)} val images, "
+              f"classes {train_set.class_counts()}", flush=True)
+        print(f"devices: {replicas} replica(s) on {workers} worker(s); batch "
+              f"{train_cfg.batch_size} per device, global batch {global_batch}; learning rates "
+              f"as given (not scaled with the global batch); {steps_per_epoch} steps per epoch, "
+              f"{total_steps} steps", flush=True)
+        print("\n".join(restore_lines), flush=True)
+
+    # ---- the loop
+    log = MetricsLog(train_url, chief)
+    interrupted.install()
+    start_step = int(global_step.numpy())
+    input_readers, val_bad_files = {}, {}
+    batches = make_input(config, list(train_set.files), list(train_set.labels), local_batch,
+                         worker, workers, start_step, classes, report=input_readers)
+    first_step_time = None
+    last_save = time.time()
+    step_rows = []
+    epoch_correct, epoch_seen = 0.0, 0
+    target_event = None
+    best = {"train": 0.0, "val": 0.0}
+    stop_reason = "finished"
+    step = start_step
+    while step < total_steps:
+        if interrupted.signal:
+            stop_reason = f"interrupted by {interrupted.signal}"
+            break
+        epoch = step // steps_per_epoch
+        optimizer.learning_rate.assign(
+            learning_rate_at_step(schedule, step, steps_per_epoch, train_cfg.warmup_epochs))
+        wait_start = time.perf_counter()
+        images, labels = next(batches)
+        compute_start = time.perf_counter()
+        metrics = step_fn(*distribute_batch(strategy, images, labels, train_cfg.batch_size))
+        finite = bool(metrics["finite"].numpy())
+        loss = float(metrics["loss"].numpy())  # also waits for the step to finish
+        end = time.perf_counter()
+        if first_step_time is None:
+            first_step_time = time.time()
+        if not finite and (loss_scale is None or not loss_scale.dynamic):
+            raise TrainingStopped(
+                f"step {step}: non-finite gradients (loss {loss}) with "
+                f"{'loss scale ' + train_cfg.loss_scale if loss_scale else config.model.precision}"
+                ": nothing was applied; " + ("rerun with --loss_scale dynamic (or a smaller "
+                                             "scale)" if loss_scale is not None else
+                                             "the run diverged: lower the learning rate"))
+        step += 1
+        global_step.assign(step)
+        accuracy = float(metrics["accuracy"].numpy())
+        epoch_correct += accuracy * global_batch
+        epoch_seen += global_batch
+        row = {"kind": "step", "step": step, "step_seconds": end - wait_start,
+               "images": global_batch, "data_wait_seconds": compute_start - wait_start,
+               "warmup": step - start_step <= run_cfg.warmup_steps, "loss": loss,
+               "accuracy": accuracy, "learning_rate": float(optimizer.learning_rate.numpy()),
+               "epoch": round(step / steps_per_epoch, 3),
+               "time": round(time.time() - PROCESS_START, 3)}
+        if loss_scale is not None:
+            row.update(loss_scale=float(loss_scale.scale.numpy()),
+                       skipped_steps=int(loss_scale.skipped_steps.numpy()))
+        step_rows.append(row)
+        shown = step % run_cfg.log_every == 0 or step == total_steps
+        log.write(row, step, summary=shown)
+        if chief and shown:
+            timed = [r for r in step_rows if not r["warmup"]]
+            speed = (f"{sum(r['images'] for r in timed) / sum(r['step_seconds'] for r in timed):.1f}"
+                     " img/s") if timed else "warm-up"
+            print(f"step {step}/{total_steps} epoch {row['epoch']:.2f} loss {loss:.4f} "
+                  f"acc {accuracy:.3f} lr {row['learning_rate']:g} {speed}", flush=True)
+        if step % steps_per_epoch == 0 or step == total_steps:
+            values = {"train": epoch_correct / max(epoch_seen, 1)}
+            if len(val_set):
+                values["val"] = evaluate(predict, list(val_set.files), list(val_set.labels),
+                                         config, val_bad_files)
+            epoch_row = {"kind": "epoch", "epoch": epoch + 1 if step % steps_per_epoch == 0
+                         else round(step / steps_per_epoch, 3), "step": step,
+                         "train_accuracy": values["train"], "val_accuracy": values.get("val"),
+                         "time": round(time.time() - PROCESS_START, 2)}
+            log.write(epoch_row, step)
+            for key, value in values.items():
+                if value is not None:
+                    best[key] = max(best[key], value)
+            if chief:
+                print(f"epoch {epoch_row['epoch']}: train accuracy {values['train']:.4f}"
+                      + (f", val accuracy {values['val']:.4f}" if values.get("val") is not None
+                         else ""), flush=True)
+            epoch_correct, epoch_seen = 0.0, 0
+            metric = values.get(train_cfg.target_metric)
+            if target_event is None and metric is not None and \
+                    metric >= train_cfg.target_accuracy:
+                target_event = target_reached(log, train_cfg, metric, step, first_step_time,
+                                              start_step, len(val_set), chief)
+                if train_cfg.stop_at_target:
+                    stop_reason = "target reached"
+                    break
+        if (run_cfg.checkpoint_every_steps and step % run_cfg.checkpoint_every_steps == 0) or \
+                (time.time() - last_save) / 60 >= run_cfg.checkpoint_every_minutes:
+            save_checkpoint(manager, step)
+            last_save = time.time()
+    save_checkpoint(manager, step)
+    return finish(config, resolved, train_url, model, dataset, step_rows, stop_reason, step,
+                  total_steps, replicas, global_batch, best, len(val_set), target_event,
+                  input_report(input_readers.get("reader"), val_bad_files), interrupted, chief)
+
+
+def target_reached(log, train_cfg, metric, step, first_step_time, start_step, val_images,
+                   chief) -> dict:
+    now = time.time()
+    event = {"kind": "target", "metric": f"{train_cfg.target_metric}_accuracy",
+             "split": train_cfg.target_metric, "target": train_cfg.target_accuracy,
+             "value": metric, "step": step, "seed": train_cfg.seed,
+             "val_images": val_images,
+             "seconds_from_process_start": now - PROCESS_START,
+             "seconds_from_first_step": now - first_step_time,
+             "resumed_from_step": start_step or None}
+    log.write(event, step)
+    if chief:
+        print(f"target reached: {event['metric']} {metric:.4f} >= {train_cfg.target_accuracy} "
+              f"after {event['seconds_from_process_start']:.1f} s "
+              f"({event['seconds_from_first_step']:.1f} s from the first step)", flush=True)
+    return event
+
+
+def finish(config, resolved, train_url, model, dataset, step_rows, stop_reason, step,
+           total_steps, replicas, global_batch, best, val_images, target_event, input_summary,
+           interrupted, chief) -> dict:
+    """result.json, the bad-file report and the export (chief only); returns the summary."""
+    timed = [row for row in step_rows if not row["warmup"]]
+    throughput = throughput_from_step_rows(timed, replicas) if timed else {}
+    summary = {"stop_reason": stop_reason, "steps": step, "total_steps": total_steps,
+               "images_per_sec": throughput.get("images_per_sec"),
+               "data_wait_fraction": throughput.get("data_wait_fraction"),
+               "throughput": throughput or None, "replicas": replicas,
+               "global_batch": global_batch, "best_train_accuracy": best["train"],
+               "best_val_accuracy": best["val"] if val_images else None,
+               "time_to_target": target_event, "seconds": time.time() - PROCESS_START,
+               "config": config_lib.to_dict(resolved), "input": input_summary}
+    if not chief:
+        return summary
+    if input_summary["bad_files"]:
+        print(f"input: skipped {input_summary['bad_files']} bad file(s):\n" + "\n".join(
+            f"  {path}: {reason}" for path, reason in input_summary["first_bad_files"]),
+            flush=True)
+    if config.run.export and not stop_reason.startswith("interrupted"):
+        from flowers_tl.export import ExportError, export_saved_model
+        try:
+            summary["export"] = export_saved_model(model, os.path.join(train_url, "export"),
+                                                   dataset.class_names, config.reader.image_size)
+        except (OSError, ExportError) as error:
+            raise TrainingStopped(
+                f"{error}; the checkpoint of step {step} is saved, export it with "
+                f"python -m flowers_tl.export --train_url {train_url}") from None
+        print(f"exported {summary['export']}", flush=True)
+    with open(os.path.join(train_url, "result.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    print(f"{stop_reason} at step {step}; "
+          + ("checkpoint saved, rerun the same command to resume" if
+             stop_reason.startswith("interrupted") else f"results in {train_url}"), flush=True)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     config = config_lib.resolve_or_exit(argv)
     try:
         summary = train(config)
-    except (TrainingStopped, config_lib.ConfigError) as error:
+    except (TrainingStopped, SourceNotReady, config_lib.ConfigError) as error:
         print(f"flowers_tl.train: error: {error}", file=sys.stderr)
         return 1
     return 0 if summary["stop_reason"] in ("finished", "target reached") or \

@@ -1,0 +1,130 @@
+"""Every named preset, in one registry: training presets (a set of knob values and when they
+apply) and sweep presets (a base configuration plus the sweep's plan).
+
+    from flowers_tl.presets import PRESETS
+    PRESETS["cpu-default"].overrides      # {"image_size": 64, ...}
+    PRESETS["cpu"].sweep.matrices          # what `python -m bench.sweep --preset cpu` measures
+
+Keys of `overrides` are configuration knobs (flowers_tl.config: flat or dotted names). Measured
+figures are not quoted here: each preset's docstring names the command, and the results behind
+every published number are under results/published/ (see README.md, `python -m bench.report
+--readme README.md` regenerates its tables).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What bench.sweep runs on top of a preset's base configuration."""
+
+    matrices: tuple[dict[str, list], ...]  # cells: union of each product over the base
+    warmup_steps: int = 3  # per cell process, excluded (the first traces and compiles)
+    timed_steps: int = 20  # per cell and round
+    rounds: int = 2  # every cell measured this many times, interleaved (round 2 runs backwards)
+    cell_budget_sec: float = 180.0  # per cell process; then SIGTERM (it saves and exits)
+    time_to_target: tuple[str, ...] = ()  # "default" and/or "fastest"
+    ttt_budget_sec: float = 900.0
+    anchors: tuple[str, ...] = ("keras-fit", "tfdata")
+    reader_backends: tuple[str, ...] = ("cxx", "tfdata")
+    reader_threads: tuple[int, ...] | None = None  # None: 1, 2, 4, ... up to the core count
+    reader_seconds: float = 3.0
+    tiny_data: dict[str, int] | None = None  # generate this set into <results>/data and use it
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    doc: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""  # the reason printed with the configuration when it applies by itself
+    applies: Callable[[dict[str, Any], int], bool] | None = None  # (explicit knobs, GPUs)
+    sweep: SweepPlan | None = None
+
+
+# ------------------------------------------------------------------------------ training
+CPU_DEFAULT = Preset(
+    name="cpu-default",
+    doc="""The built-in run on a machine without a GPU: CPU-sized (64 px, 300 photos, batch 32).
+    Short fine-tuning runs need batch-norm statistics that keep up (momentum 0.9: 0.997 over
+    500 steps keeps 22% of the source task's), crops that keep the flower (area >= 0.5 of the
+    photo at 64 px) and, from a weak source, a higher rate after one warm-up epoch.
+    Applies by itself when there is no --data_url and no GPU; every value can be overridden.""",
+    overrides=dict(image_size=64, batch_size=32, epochs=50, lr_schedule="30:0.02,50:0.002",
+                   warmup_epochs=1, crop_area_min=0.5, batch_norm_momentum=0.9, per_class=60,
+                   checkpoint_every_minutes=2.0),
+    summary="CPU-sized built-in run (no GPU, no --data_url)",
+    applies=lambda explicit, gpus: explicit.get("data_url") is None and gpus == 0)
+
+BUILTIN_SOURCE = Preset(
+    name="builtin-source",
+    doc="""The built-in source task's training (flowers_tl.train.source_checkpoint): 10 other
+    generated classes trained from scratch once per (variant, image size) and cached, so the
+    built-in run fine-tunes from a checkpoint with the logits excluded, as a user would from
+    resnet_v1_50.ckpt. From scratch at batch 32 ResNet-50 needs zero-init residual branches,
+    a warm-up, BN momentum 0.9 and milder crops to learn at all.""",
+    overrides=dict(epochs=16, lr_schedule="12:0.04,16:0.004", warmup_epochs=2,
+                   zero_init_residual=True, crop_area_min=0.35, batch_norm_momentum=0.9,
+                   checkpoint_url="none", val_fraction=0.0, target_metric="train",
+                   stop_at_target=False, export=False, max_steps=None, per_class=None),
+    summary="built-in source task")
+
+
+# ------------------------------------------------------------------------------ sweeps
+SMOKE = Preset(
+    name="smoke",
+    doc="""`python -m bench.sweep --preset smoke`: every phase in a few minutes, for the tests.
+    A 24-image generated set written into the results folder, 32 px, batch 4, 1 warm-up + 3
+    timed steps per cell, 1 round: NHWC (runs) and NCHW without XLA (skipped on a CPU), the
+    Keras-fit and tf.data anchors, a reader pass, and a 2-epoch time-to-target run from scratch
+    against a trivial 5% target. Its figures mean nothing; it proves the machinery.""",
+    overrides=dict(checkpoint_url="none", image_size=32, batch_size=4, epochs=2,
+                   lr_schedule="2:0.01", target_accuracy=0.05, val_fraction=0.2),
+    sweep=SweepPlan(matrices=({"data_format": ["NHWC", "NCHW"]},), warmup_steps=1,
+                    timed_steps=3, rounds=1, cell_budget_sec=120, time_to_target=("default",),
+                    ttt_budget_sec=120, reader_backends=("cxx",), reader_threads=(1, 2),
+                    reader_seconds=1.0, tiny_data=dict(classes=3, per_class=8, max_side=96)))
+
+CPU = Preset(
+    name="cpu",
+    doc="""The default: `python -m bench.sweep` (= `--preset cpu`), on the built-in data.
+    The CPU default run (preset cpu-default: 64 px, batch 32) against its knobs one at a time
+    -- XLA, NCHW under XLA, unfused batch norm, bf16, tf.data input -- 20 timed steps after 3
+    warm-up steps per cell, every cell twice in interleaved order, the Keras-fit anchor, reader
+    threads 1..cores, and the time to 95% train accuracy of the default configuration from the
+    built-in source checkpoint. The first run also generates the built-in data and trains its
+    source checkpoint (cached in ~/.cache/flowers_tl, with progress lines). Published runs:
+    results/published/*-sweep-cpu/ (README.md's sweep table).""",
+    sweep=SweepPlan(matrices=({"data_format": ["NHWC", "NCHW"], "xla": [False, True]},
+                              {"batch_norm_fused": [False]}, {"precision": ["bf16"]}),
+                    warmup_steps=3, timed_steps=20, rounds=2, cell_budget_sec=180,
+                    time_to_target=("default",), ttt_budget_sec=660))
+
+GPU = Preset(
+    name="gpu",
+    doc="""The recipe's full matrix at 224 px, batch 64 per GPU: `python -m bench.sweep --preset
+    gpu`. NHWC/NCHW x fp32 / fp16 (dynamic loss scale) / fp16 with the recipe's static 1024 /
+    bf16 x XLA off/on on every GPU, plus unfused batch norm, 1/2/4/8 GPUs (more than present:
+    skipped) and batch 128/256, 20 timed steps each, both anchors, and the time to 95% train
+    accuracy of the default configuration and of the fastest cell (30 minutes each). Not yet
+    run on a GPU machine: there are no published results for it.""",
+    overrides=dict(image_size=224, batch_size=64),
+    sweep=SweepPlan(matrices=({"data_format": ["NHWC", "NCHW"],
+                               "precision": ["fp32", "fp16", {"precision": "fp16",
+                                                              "loss_scale": "1024"}, "bf16"],
+                               "xla": [False, True]},
+                              {"batch_norm_fused": [False], "precision": ["fp32", "fp16"]},
+                              {"num_gpus": [1, 2, 4, 8]}, {"batch_size": [128, 256]}),
+                    warmup_steps=10, timed_steps=20, rounds=2, cell_budget_sec=600,
+                    time_to_target=("default", "fastest"), ttt_budget_sec=1800,
+                    reader_seconds=5.0))
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (CPU_DEFAULT, BUILTIN_SOURCE, SMOKE, CPU, GPU)}
+SWEEP_PRESETS = tuple(name for name, p in PRESETS.items() if p.sweep is not None)
+
+
+def applying(explicit: dict[str, Any], gpus: int) -> list[Preset]:
+    """The training presets that apply by themselves to a run with these explicit knobs."""
+    return [p for p in PRESETS.values() if p.applies is not None and p.applies(explicit, gpus)]
