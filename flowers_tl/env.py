@@ -133,13 +133,13 @@ def measure_peak_gflops(dtype: str = "float32", seconds: float = 2.0, size: int 
     over their total wall time. It counts what TensorFlow achieves with the threads it is given,
     not the datasheet's peak; on a loaded machine it is lower, so rows carry the load average.
     """
-    import numpy as np
-    import tensorflow as tf
-
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype {dtype!r} is not one of float32, bfloat16, float16")
     if seconds <= 0 or size < 1:
         raise ValueError(f"seconds ({seconds}) must be > 0 and size ({size}) >= 1")
+    import numpy as np
+    import tensorflow as tf
+
     rng = np.random.default_rng(0)
     left = tf.cast(tf.constant(rng.standard_normal((size, size), np.float32)), dtype)
     right = tf.cast(tf.constant(rng.standard_normal((size, size), np.float32)), dtype)
