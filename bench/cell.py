@@ -1,14 +1,16 @@
 """One sweep cell in its own process, and the figures read back from what it wrote.
 
-    python -m bench.cell --keras_fit cells/keras-fit-....json --train_url cells/keras-fit-...
-    python -m bench.cell --prepare cells/prepare-data.json
+    python -m bench.cell --keras_fit /abs/cells/keras-fit-....json --train_url /abs/cells/keras-...
+    python -m bench.cell --prepare /abs/cells/prepare-data.json
 
-bench.sweep runs each of its cells as `python -m flowers_tl.train --config cells/<cell>.json
---train_url cells/<cell>` (TensorFlow keeps global state: the mixed-precision policy, XLA caches,
+bench.sweep runs each of its cells as `python -m flowers_tl.train --config <cell>.json
+--train_url <cell>` (TensorFlow keeps global state: the mixed-precision policy, XLA caches,
 oneDNN read at import), with a time budget after which the process gets SIGTERM (the trainer
-saves and exits between steps) and, a minute later, SIGKILL. The figures come from the run
-folder's metrics.jsonl and result.json, so a cell that was stopped still gives what it measured.
-The Keras-fit anchor and the untimed preparation of the built-in data run here, in the same way.
+saves and exits between steps) and, a minute later, SIGKILL. Every path handed to a process is
+absolute and the process runs in the results folder, so the sweep works from any folder and
+from a non-editable install. The figures come from the run folder's per-step rows
+(metrics.jsonl, schema in flowers_tl.results), so a cell that was stopped still gives what it
+measured. The Keras-fit anchor and the preparation of the built-in data run here, the same way.
 """
 from __future__ import annotations
 
@@ -21,30 +23,36 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 PROCESS_START = time.time()
 
-from flowers_tl.results import read_jsonl, throughput_stats  # noqa: E402
+from flowers_tl.results import read_jsonl, throughput_from_step_rows  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Lines of a cell's output worth echoing while it runs (progress of long phases).
+PROGRESS = re.compile(r"^(step \d+/\d+|epoch [\d.]+:|\[source\]|\[synth\]|target reached)")
 
 
 # ----------------------------------------------------------------------------- the process
-def run_process(command: list[str], log_path: Path, budget_sec: float,
-                grace_sec: float = 60.0) -> tuple[int, float, bool]:
-    """(return code, seconds, ran over budget); stdout and stderr go to `log_path`."""
+def run_process(command: list[str], log_path: Path, budget_sec: float, grace_sec: float = 60.0,
+                progress: Callable[[str], None] | None = None) -> tuple[int, float, bool]:
+    """(return code, seconds, ran over budget); stdout and stderr go to `log_path`; lines
+    matching PROGRESS also go to `progress` (at most one every 20 s, plus the last)."""
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
     environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT)] + ([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else []))
     start = time.time()
     over = False
+    log_path = log_path.resolve()
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=log_path.parent, env=environment,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   errors="replace")
+        copier = threading.Thread(target=_copy_output, args=(process.stdout, log, progress),
+                                  daemon=True)
+        copier.start()
         try:
             try:
                 process.wait(timeout=budget_sec)
@@ -60,7 +68,23 @@ def run_process(command: list[str], log_path: Path, budget_sec: float,
             process.kill()
             process.wait()
             raise
+        finally:
+            copier.join(timeout=10)
     return process.returncode, time.time() - start, over
+
+
+def _copy_output(stream, log, progress) -> None:
+    last_shown, pending = 0.0, None
+    for line in stream:
+        log.write(line)
+        log.flush()
+        if progress is not None and PROGRESS.match(line):
+            pending = line.rstrip()
+            if time.time() - last_shown >= 20:
+                progress(pending)
+                last_shown, pending = time.time(), None
+    if progress is not None and pending:
+        progress(pending)
 
 
 def error_message(log_path: Path) -> str:
@@ -75,34 +99,6 @@ def error_message(log_path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- the figures
-def step_windows(metrics: list[dict[str, Any]], warmup_steps: int, global_batch: int
-                 ) -> list[tuple[float, float, float]]:
-    """(images, seconds, data-wait seconds) of each timed step (or logging window).
-
-    Rows with `step_seconds` (the Keras anchor; optional `images`, `data_wait_seconds`) give
-    them directly. The trainer's step rows carry images_per_sec and data_wait_fraction
-    accumulated since the warm-up, so with log_every=1 the differences of images /
-    images_per_sec are the single steps' times."""
-    steps = [row for row in metrics if row.get("kind") == "step"]
-    if any("step_seconds" in row for row in steps):
-        return [(row.get("images", global_batch), row["step_seconds"],
-                 row.get("data_wait_seconds", math.nan))
-                for row in steps if row["step"] > warmup_steps and "step_seconds" in row]
-    windows, before = [], (0.0, 0.0, 0.0)
-    for row in steps:
-        if not row.get("images_per_sec"):
-            continue  # a warm-up step
-        images = (row["step"] - warmup_steps) * global_batch
-        seconds = images / row["images_per_sec"]
-        cumulative = (images, seconds, row.get("data_wait_fraction", math.nan) * seconds)
-        windows.append(tuple(now - then for now, then in zip(cumulative, before)))
-        before = cumulative
-    if any(seconds <= 0 for _, seconds, _ in windows):
-        raise ValueError("metrics.jsonl: images_per_sec is not accumulated since the warm-up, "
-                         "so single steps cannot be timed from it")
-    return windows
-
-
 def time_to_target_figures(metrics: list[dict[str, Any]], result: dict[str, Any] | None,
                            config: dict[str, Any]) -> dict[str, Any]:
     epochs = [row for row in metrics if row.get("kind") == "epoch"]
@@ -129,10 +125,11 @@ def time_to_target_figures(metrics: list[dict[str, Any]], result: dict[str, Any]
 
 
 def run_cell(kind: str, phase: str, run_config: dict[str, Any], folder: Path, stem: str,
-             budget_sec: float, warmup_steps: int, keep_checkpoints: bool = False
-             ) -> dict[str, Any]:
+             budget_sec: float, keep_checkpoints: bool = False,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Runs one cell (kind "train": our trainer, "keras-fit": the anchor) in its own process.
-    Returns its figures with status "ok", or status "error" and the message: never raises."""
+    Returns its figures (and its timed step rows under "step_rows") with status "ok", or status
+    "error" and the message: never raises."""
     cells = folder / "cells"
     cells.mkdir(exist_ok=True)
     config_path, train_url, log_path = cells / f"{stem}.json", cells / stem, cells / f"{stem}.log"
@@ -141,7 +138,7 @@ def run_cell(kind: str, phase: str, run_config: dict[str, Any], folder: Path, st
                "--train_url", str(train_url)] if kind == "train" else \
         [sys.executable, "-m", "bench.cell", "--keras_fit", str(config_path),
          "--train_url", str(train_url)]
-    returncode, seconds, over = run_process(command, log_path, budget_sec)
+    returncode, seconds, over = run_process(command, log_path, budget_sec, progress=progress)
     row: dict[str, Any] = dict(cell_seconds=round(seconds, 2), budget_sec=budget_sec,
                                over_budget=over, returncode=returncode,
                                log=str(log_path.relative_to(folder)))
@@ -151,30 +148,29 @@ def run_cell(kind: str, phase: str, run_config: dict[str, Any], folder: Path, st
     result_path = train_url / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     replicas = (result or {}).get("replicas") or max(run_config.get("num_gpus") or 0, 1)
-    global_batch = (result or {}).get("global_batch") or run_config["batch_size"] * replicas
     steps = [r for r in metrics if r.get("kind") == "step"]
     try:
         bad = [r["step"] for r in steps if not math.isfinite(r.get("loss", 0.0))]
         if bad:
             raise ValueError(f"non-finite loss at step {bad[0]}")
         if phase == "throughput":
-            windows = step_windows(metrics, warmup_steps, global_batch)
-            if returncode != 0 and not (over and len(windows) >= 2):
-                raise RuntimeError(f"ran over its {budget_sec:.0f} s budget after {len(windows)} "
+            timed = [r for r in steps if not r.get("warmup")]
+            if returncode != 0 and not (over and len(timed) >= 2):
+                raise RuntimeError(f"ran over its {budget_sec:.0f} s budget after {len(timed)} "
                                    "timed step(s)" if over else error_message(log_path))
-            if not windows:
-                raise RuntimeError(f"no timed steps after {warmup_steps} warm-up step(s): "
-                                   f"{error_message(log_path)}")
-            images, seconds, waits = zip(*windows)
-            row.update(throughput_stats(seconds, images, waits, replicas),
-                       warmup_steps=warmup_steps, seconds_to_first_step_done=steps[0].get("time") if steps else None)
+            if not timed:
+                raise RuntimeError(f"no timed steps: {error_message(log_path)}")
+            row.update(throughput_from_step_rows(timed, replicas), step_rows=timed,
+                       warmup_steps=len(steps) - len(timed),
+                       seconds_to_first_step_done=steps[0].get("time") if steps else None)
         else:
             if returncode != 0 and not over:
                 raise RuntimeError(error_message(log_path))
             row.update(time_to_target_figures(metrics, result, run_config))
     except (RuntimeError, ValueError, KeyError, ZeroDivisionError) as error:
         return dict(row, status="error", error=str(error))
-    row.update(status="ok", replicas=replicas, global_batch=global_batch)
+    row.update(status="ok", replicas=replicas,
+               global_batch=(result or {}).get("global_batch") or run_config["batch_size"] * replicas)
     if over:
         row["note"] = f"stopped at its {budget_sec:.0f} s budget"
     for key in ("jit_compile", "keras_version", "onednn_enabled"):
@@ -188,7 +184,7 @@ def keras_fit(settings_path: str, train_url: str) -> int:
     """keras.applications.ResNet50 (weights=None) compiled and trained with `fit` the way its
     users do (Keras' defaults: jit_compile="auto", i.e. XLA on GPUs only; its own dynamic fp16
     loss scaling), fed by our tf.data pipeline plus Keras' preprocess_input. Writes the
-    metrics.jsonl/result.json the trainer would, each step timed by a callback."""
+    per-step rows the trainer would (data wait unknown: null), each step timed by a callback."""
     import flowers_tl  # noqa: F401  (the same TensorFlow kernel options as our cells)
     import keras
     import tensorflow as tf
@@ -234,20 +230,22 @@ def keras_fit(settings_path: str, train_url: str) -> int:
         def on_train_batch_end(self, batch, logs=None):
             loss = float(logs["loss"])  # reading the loss back waits for the step
             now = time.perf_counter()
-            rows.append({"kind": "step", "step": batch + 1, "loss": loss,
+            rows.append({"kind": "step", "step": batch + 1, "step_seconds": now - self.last,
+                         "images": global_batch, "data_wait_seconds": None,
+                         "warmup": batch + 1 <= settings["warmup_steps"], "loss": loss,
                          "accuracy": float(logs.get("accuracy", math.nan)),
-                         "step_seconds": now - self.last, "images": global_batch,
-                         "time": round(time.time() - PROCESS_START, 2)})
+                         "learning_rate": settings["learning_rate"],
+                         "time": round(time.time() - PROCESS_START, 3)})
             self.last = now
 
     model.fit(dataset, epochs=1, steps_per_epoch=settings["max_steps"], verbose=0,
               callbacks=[StepTimer()])
     with open(os.path.join(train_url, "metrics.jsonl"), "w") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in rows)
-    timed = [row for row in rows if row["step"] > settings["warmup_steps"]]
+    timed = [row for row in rows if not row["warmup"]]
     result = {"stop_reason": "finished", "steps": len(rows), "global_batch": global_batch,
               "replicas": strategy.num_replicas_in_sync,
-              "images_per_sec": len(timed) * global_batch / sum(r["step_seconds"] for r in timed)
+              "images_per_sec": throughput_from_step_rows(timed)["images_per_sec"]
               if timed else None,
               "jit_compile": bool(model.jit_compile), "keras_version": keras.__version__,
               "onednn_enabled": onednn_enabled()}
@@ -260,23 +258,25 @@ def prepare_main(config_path: str) -> int:
     """The built-in data (and, unless checkpoint_url is 'none', its source checkpoint) made and
     cached exactly as `flowers_tl.train` makes them; prints their paths as the last line."""
     from flowers_tl import config as config_lib
-    from flowers_tl.train import built_in_data
+    from flowers_tl.builtin import built_in_data
 
     config = config_lib.resolve({}, config_path)
-    data_url, checkpoint_url = (config.data_url, config.checkpoint_url) if config.data_url \
-        else built_in_data(config)
+    data_url, checkpoint_url = (config.data.data_url, config.run.checkpoint_url) \
+        if config.data.data_url else built_in_data(config)
     print(json.dumps({"data_url": data_url, "checkpoint_url": checkpoint_url}))
     return 0
 
 
-def prepare(values: dict[str, Any], folder: Path, stem: str) -> tuple[str, float]:
+def prepare(values: dict[str, Any], folder: Path, stem: str,
+            progress: Callable[[str], None] | None = None) -> tuple[str, float]:
     """(the data folder, seconds) for this run configuration; raises RuntimeError on failure."""
     path = folder / "cells" / f"{stem}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(values, indent=2, sort_keys=True))
     log = path.with_suffix(".log")
     returncode, seconds, _ = run_process(
-        [sys.executable, "-m", "bench.cell", "--prepare", str(path)], log, budget_sec=7200)
+        [sys.executable, "-m", "bench.cell", "--prepare", str(path)], log, budget_sec=7200,
+        progress=progress)
     if returncode != 0:
         raise RuntimeError(f"preparing the data failed: {error_message(log)} (see {log})")
     for line in reversed(log.read_text().splitlines()):

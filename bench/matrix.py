@@ -1,14 +1,17 @@
-"""The sweep's matrix: axes parsed, expanded over a base configuration, and every cell checked
-against this machine before anything runs.
+"""The sweep's matrix: axes expanded over a base configuration, and every cell checked against
+this machine before anything runs.
 
     cells = expand({"image_size": 64}, [{"data_format": ["NHWC", "NCHW"], "xla": [False, True]},
                                         {"precision": ["bf16"]}])       # 4 + 1 settings dicts
     default, cells = plan(base, matrices, detect_machine())            # names, checks, roles
 
-An axis is any flowers_tl.config.TrainConfig key; `precision` takes fp32, fp16 (the recipe's
-static loss scale 1024), fp16_dynamic, bf16 or fp16:<scale>, and sets loss_scale with it. A cell
-this machine cannot run -- NCHW on a CPU without XLA, more GPUs than present, or anything
-flowers_tl.config.check rejects -- keeps its reason and becomes a `skipped` row.
+An axis is any configuration knob (flowers_tl.config; flat or dotted names, values parsed by
+flowers_tl.config.parse_value, so `fp16` means the same here as on the trainer's command line:
+dynamic loss scaling). A value may also be a dict of knobs set together (a preset's
+`{"precision": "fp16", "loss_scale": "1024"}`; on the command line: `--cell
+precision=fp16,loss_scale=1024`). A cell this machine cannot run -- anything
+flowers_tl.config.check rejects, e.g. NCHW on a CPU without XLA, more GPUs than present --
+keeps the check's one-line reason and becomes a `skipped` row.
 """
 from __future__ import annotations
 
@@ -20,50 +23,25 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-# precision axis value -> TrainConfig (precision, loss_scale); "fp16" is the recipe's static 1024
-PRECISION_SETTINGS = {"fp32": ("fp32", None), "fp16": ("fp16", "1024"),
-                      "fp16_dynamic": ("fp16", "dynamic"), "bf16": ("bf16", None)}
-NAMED_AXES = ("data_format", "batch_norm_fused", "precision", "num_gpus", "xla", "batch_size",
-              "input")
+from flowers_tl import config as config_lib
+
+# Knobs named in every cell name, in this order; cells differing elsewhere get "-knob=value".
+NAMED_AXES = ("data_format", "batch_norm_fused", "precision", "loss_scale", "xla", "batch_size",
+              "image_size", "input", "num_gpus")
 
 
 class MatrixError(ValueError):
     """A bad axis, value or base configuration: one line, raised before any cell runs."""
 
 
-def _field_types() -> dict[str, str]:
-    from flowers_tl.config import TrainConfig
-    return {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
-
-
-def parse_value(name: str, text: str) -> Any:
-    """'NCHW', 'true', '64', 'none' -> the TrainConfig field's type (precision: its own names)."""
-    text = text.strip()
-    if name == "precision":
-        if text in PRECISION_SETTINGS or re.fullmatch(r"fp16:(dynamic|[0-9.]+)", text):
-            return text
-        raise MatrixError(f"precision value {text!r}: one of {', '.join(PRECISION_SETTINGS)} "
-                          "or fp16:<loss scale>")
-    types = _field_types()
-    if name not in types:
-        raise MatrixError(f"{name!r} is not a TrainConfig key (python -m flowers_tl.train --help)")
-    kind = types[name]
-    if name == "checkpoint_url":
-        return text  # "none" is a value here: train from scratch (None: the built-in checkpoint)
-    if text.lower() == "none" and "None" in kind:
-        return None
+def parse_setting(key: str, text: Any) -> tuple[str, Any]:
+    """('model.precision', 'bf16') -> ('precision', 'bf16'), through the configuration's own
+    parser; a MatrixError names the key."""
     try:
-        if kind.startswith("bool"):
-            if text.lower() not in ("true", "false", "on", "off", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "on", "1", "yes")
-        if kind.startswith("int"):
-            return int(text)
-        if kind.startswith("float"):
-            return float(text)
-    except ValueError:
-        raise MatrixError(f"{name}={text!r}: expected {kind.split(' ')[0]}") from None
-    return text
+        name = config_lib.knob_name(key.strip())
+        return name, config_lib.parse_value(name, text)
+    except config_lib.ConfigError as error:
+        raise MatrixError(str(error)) from None
 
 
 def parse_assignments(text: str, flag: str) -> dict[str, list]:
@@ -73,24 +51,23 @@ def parse_assignments(text: str, flag: str) -> dict[str, list]:
         name, sep, values = text.partition("=")
         if not sep or not values.strip(","):
             raise MatrixError(f"--axis {text!r}: expected name=value1,value2")
-        parsed = [parse_value(name.strip(), v) for v in values.split(",") if v.strip()]
-        return {name.strip(): list(dict.fromkeys(parsed))}
+        parsed = [parse_setting(name, v) for v in values.split(",") if v.strip()]
+        return {parsed[0][0]: list(dict.fromkeys(value for _, value in parsed))}
     result = {}
     for item in text.split(","):
         name, sep, value = item.partition("=")
         if not sep:
             raise MatrixError(f"{flag} {text!r}: expected key=value,key=value")
-        result[name.strip()] = [parse_value(name.strip(), value)]
+        knob, parsed = parse_setting(name, value)
+        result[knob] = [parsed]
     return result
 
 
-def axis_settings(name: str, value: Any) -> dict[str, Any]:
-    if name != "precision":
-        return {name: value}
-    if value.startswith("fp16:"):
-        return {"precision": "fp16", "loss_scale": value.split(":", 1)[1]}
-    precision, loss_scale = PRECISION_SETTINGS[value]
-    return {"precision": precision, "loss_scale": loss_scale}
+def _settings_of(name: str, value: Any) -> dict[str, Any]:
+    """An axis value: one knob's value, or a dict of knobs set together."""
+    if isinstance(value, dict):
+        return dict(parse_setting(k, v) for k, v in value.items())
+    return dict([parse_setting(name, value)])
 
 
 def expand(base: dict[str, Any], matrices: Sequence[dict[str, list]],
@@ -104,7 +81,7 @@ def expand(base: dict[str, Any], matrices: Sequence[dict[str, list]],
         for values in itertools.product(*(matrix[name] for name in names)):
             settings = dict(base)
             for name, value in zip(names, values):
-                settings.update(axis_settings(name, value))
+                settings.update(_settings_of(name, value))
             if settings not in cells:
                 cells.append(settings)
     return cells
@@ -119,26 +96,15 @@ class Machine:
 def detect_machine() -> Machine:
     """GPUs from nvidia-smi (respecting CUDA_VISIBLE_DEVICES) without importing TensorFlow."""
     from flowers_tl.env import gpu_count
-    gpus = gpu_count()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        gpus = min(gpus, len([v for v in visible.split(",") if v.strip() not in ("", "-1")]))
-    return Machine(gpus=gpus, cpus=len(os.sched_getaffinity(0)))
+    return Machine(gpus=gpu_count(), cpus=len(os.sched_getaffinity(0)))
 
 
 def check_cell(settings: dict[str, Any], machine: Machine):
-    """(the production TrainConfig, None), or (None, why this machine cannot run the cell)."""
-    from flowers_tl.config import ConfigError, resolve
-    num_gpus = settings.get("num_gpus")
-    num_gpus = machine.gpus if num_gpus is None else num_gpus
-    if num_gpus > machine.gpus:
-        return None, f"needs {num_gpus} GPU(s); this machine has {machine.gpus}"
-    if settings.get("data_format") == "NCHW" and num_gpus == 0 and not settings.get("xla"):
-        return None, "NCHW on a CPU needs XLA (TensorFlow's CPU Conv2D is NHWC only)"
+    """(the production RunConfig, None), or (None, why this machine cannot run the cell)."""
     try:
-        return resolve(settings, gpus_available=machine.gpus), None
-    except (ConfigError, ValueError) as error:
-        return None, f"invalid configuration: {error}"
+        return config_lib.resolve(settings, gpus_available=machine.gpus), None
+    except config_lib.ConfigError as error:
+        return None, str(error)
 
 
 def cell_name(values: dict[str, Any]) -> str:
@@ -156,10 +122,15 @@ def cell_name(values: dict[str, Any]) -> str:
 class Cell:
     name: str
     role: str  # "cell", "anchor-tfdata", "anchor-keras-fit"
-    settings: dict[str, Any]  # what was asked (base + axes)
-    config: Any = None  # production TrainConfig (None: skipped)
+    settings: dict[str, Any]  # what was asked (base + axes), flat knob names
+    config: Any = None  # production RunConfig (None: skipped)
     skipped: str | None = None
     default: bool = False  # the base configuration: what you would run without the sweep
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The production configuration as flat knobs (what tuned.json holds)."""
+        return config_lib.flat_dict(self.config) if self.config is not None else dict(self.settings)
 
 
 def plan(base: dict[str, Any], matrices: Sequence[dict[str, list]], machine: Machine,
@@ -167,34 +138,35 @@ def plan(base: dict[str, Any], matrices: Sequence[dict[str, list]], machine: Mac
          tfdata_anchor: bool = True) -> tuple[Any, list[Cell]]:
     """(the default configuration, the cells with their checks): nothing runs here. The
     tf.data anchor is the default configuration fed by tf.data."""
+    base = dict(parse_setting(k, v) for k, v in base.items())
     default, reason = check_cell(base, machine)
     if default is None:
         raise MatrixError(f"the base configuration cannot run here: {reason}")
-    default_values = dataclasses.asdict(default)
-    same = lambda a, b: dataclasses.replace(a, note="") == dataclasses.replace(b, note="")
+    default_values = config_lib.flat_dict(default)
+    without_note = lambda values: {k: v for k, v in values.items() if k != "note"}
     settings_list = expand(base, matrices, overrides)
     for extra in extra_cells:
         settings_list += [s for s in expand(base, [extra]) if s not in settings_list]
-    if tfdata_anchor and default.input != "tfdata":
+    if tfdata_anchor and default.reader.input != "tfdata":
         anchor = {**base, "input": "tfdata"}
         if anchor not in settings_list:
             settings_list.append(anchor)
     cells, seen = [], set()
     for settings in settings_list:
         config, reason = check_cell(settings, machine)
-        shown = dataclasses.asdict(config) if config else {**default_values, **{
+        shown = config_lib.flat_dict(config) if config else {**default_values, **{
             k: v for k, v in settings.items() if v is not None}}
         name = cell_name(shown)
-        extra = sorted(k for k in settings if k not in NAMED_AXES + ("loss_scale", "image_size")
-                       and settings[k] != base.get(k))
+        extra = sorted(k for k in settings if k not in NAMED_AXES and settings[k] != base.get(k))
         name += "".join(f"-{k}={settings[k]}" for k in extra)
-        key = json.dumps({**shown, "note": ""}, sort_keys=True, default=str)
+        key = json.dumps(without_note(shown), sort_keys=True, default=str)
         if key in seen:
             continue
         seen.add(key)
-        role = "anchor-tfdata" if config is not None and config.input == "tfdata" and \
-            same(dataclasses.replace(config, input=default.input), default) else "cell"
-        cells.append(Cell(name=re.sub(r"[^A-Za-z0-9_.=+-]", "_", name), role=role,
-                          settings=settings, config=config, skipped=reason,
-                          default=config is not None and same(config, default)))
+        is_default = config is not None and without_note(shown) == without_note(default_values)
+        tfdata_twin = config is not None and config.reader.input == "tfdata" and \
+            without_note({**shown, "input": default.reader.input}) == without_note(default_values)
+        cells.append(Cell(name=re.sub(r"[^A-Za-z0-9_.=+-]", "_", name),
+                          role="anchor-tfdata" if tfdata_twin else "cell", settings=settings,
+                          config=config, skipped=reason, default=is_default))
     return default, cells

@@ -5,35 +5,37 @@ faster it is than what you would use otherwise, and a tuned.json that production
     python -m bench.sweep --preset gpu --axis num_gpus=1,8 --axis precision=fp32,fp16
     python -m flowers_tl.train --config results/<time>-<host>-cpu/tuned.json
 
-A preset (smoke, cpu, gpu below; each docstring is its runbook) names a base run configuration
-(flowers_tl.config.TrainConfig values; `--set key=value` changes it) and a list of matrices of
-axes -- data_format, batch_norm_fused, precision (fp32, fp16 = static loss scale 1024 as in the
-recipe, fp16_dynamic, bf16, fp16:<scale>), num_gpus, xla, batch_size, input (cxx, tfdata), or any
-other TrainConfig key. The cells are the union of each matrix's product over the base;
+A sweep preset (flowers_tl.presets: smoke, cpu, gpu; each docstring is its runbook) names a base
+run configuration (`--set key=value` changes it; keys are the trainer's knobs, flat or dotted)
+and a plan: matrices of axes -- any knob, e.g. data_format, batch_norm_fused, precision,
+loss_scale, num_gpus, xla, batch_size, input -- whose products over the base are the cells;
 `--axis name=v1,v2` sets that axis in every matrix, `--cell key=value,key=value` adds one cell.
 
-Phases, each cell in a fresh `python -m flowers_tl.train --config cells/<cell>.json` process with
-a time budget (then SIGTERM, which the trainer answers by saving and exiting):
+Phases, each cell in a fresh `python -m flowers_tl.train --config <cell>.json` process with a
+time budget (then SIGTERM, which the trainer answers by saving and exiting); every path given to
+a process is absolute, so the sweep runs from any folder and from a non-editable install:
 
-  0. plan:        every cell is checked against the machine first: NCHW on a CPU without XLA,
-                  more GPUs than present, or any combination the trainer rejects becomes a
+  0. plan:        every cell is checked first (flowers_tl.config.check): NCHW on a CPU without
+                  XLA, more GPUs than present, any combination the trainer rejects becomes a
                   `skipped` row with the reason; nothing heavy has run yet;
-  1. reader:      `bench.reader` images/sec of the C++ reader and tf.data against thread count;
-  2. throughput:  warm-up steps excluded, then >= N timed steps (data wait included, each step
-                  synchronised): images/sec total and per device, mean with standard error over
-                  the per-step rates, jitter (1.4826 x MAD), step time, data-wait fraction;
-  3. anchors:     keras.applications.ResNet50 trained with Keras `fit` (fed by our tf.data
-                  pipeline) at the base batch, size and precision; and our loop fed by tf.data;
-  4. time to target (when the preset asks): the default configuration (and/or the fastest cell)
-                  trained from the pretrained checkpoint until the target metric reaches the
-                  target or the budget ends: seconds from process start and from the first step,
-                  or "not reached" with the best accuracy. The built-in data and its source
-                  checkpoint are prepared first, untimed.
+  1. prepare:     the built-in data and its source checkpoint are made once and cached
+                  (progress lines with the time left); not part of any figure;
+  2. reader:      `bench.reader` images/sec of the C++ reader and tf.data against thread count;
+  3. throughput:  every cell and the Keras-fit anchor, `rounds` times in interleaved order
+                  (round 2 runs the list backwards, so drift in the machine's speed hits every
+                  cell alike); per round warm-up steps excluded, then the timed steps (data wait
+                  included, each step synchronised), read from the trainer's per-step rows.
+                  A cell's figures pool the timed steps of all its rounds: images/sec with its
+                  standard error and 95% interval, jitter, step time, data wait;
+  4. time to target (when the plan asks): the default configuration (and/or the fastest cell)
+                  trained from the pretrained checkpoint until the target or the budget.
 
-A cell that fails becomes an `error` row with the message and the sweep goes on. The results
-folder (results/<time>-<host>-<preset>/) holds results.jsonl (one row per cell: configuration,
-figures, environment), results.csv, report.md, PNG plots, reader.jsonl, cells/ (each cell's
-config, log and run folder) and tuned.json (see bench.report.choose_tuned).
+tuned.json is chosen by bench.report.choose_tuned: the fastest cell whose arithmetic reached the
+target, except that where its 95% interval overlaps the default's the default stays (a tie, and
+the report says so). A cell that fails becomes an `error` row and the sweep goes on. The results
+folder (results/<time>-<host>-<preset>/) holds results.jsonl (every round and every cell: its
+configuration, figures, environment), results.csv, report.md, PNG plots, reader.jsonl, cells/
+(each cell's config, log and run folder) and tuned.json.
 """
 from __future__ import annotations
 
@@ -45,138 +47,49 @@ import re
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from bench.cell import error_message, prepare, run_cell, run_process
+from bench.matrix import (NAMED_AXES, Cell, Machine, MatrixError, cell_name, detect_machine,
+                          parse_assignments, parse_setting, plan)
+from flowers_tl import config as config_lib
 from flowers_tl.env import describe_environment
-from bench.matrix import (NAMED_AXES, Cell, Machine, MatrixError, axis_settings, cell_name,
-                          detect_machine, parse_assignments, parse_value, plan)
-from flowers_tl.results import append_row
+from flowers_tl.presets import PRESETS, SWEEP_PRESETS, Preset
+from flowers_tl.results import append_row, throughput_stats
 
 SweepError = MatrixError  # a bad preset, axis or setting: one line, before any cell runs
 
 
-# =============================================================================== presets
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    doc: str
-    base: dict[str, Any]  # TrainConfig values every cell starts from: the default cell
-    matrices: tuple[dict[str, list], ...]  # cells: union of each product over the base
-    warmup_steps: int = 3
-    timed_steps: int = 12
-    cell_budget_sec: float = 180.0
-    time_to_target: tuple[str, ...] = ()  # "default" and/or "fastest"
-    ttt_budget_sec: float = 900.0
-    anchors: tuple[str, ...] = ("keras-fit", "tfdata")
-    reader_backends: tuple[str, ...] = ("cxx", "tfdata")
-    reader_threads: tuple[int, ...] | None = None  # None: 1, 2, 4, ... up to the core count
-    reader_seconds: float = 3.0
-    tiny_data: dict[str, int] | None = None  # generate this set into <results>/data and use it
-
-
-def smoke() -> Preset:
-    """`python -m bench.sweep --preset smoke`: every phase in ~1.5 minutes, for the tests.
-
-    A 24-image generated set written into the results folder, 32 px, batch 4, 1 warm-up + 3
-    timed steps per cell: NHWC (runs) and NCHW without XLA (skipped on a CPU), the Keras-fit and
-    tf.data anchors, a reader pass, and a 2-epoch time-to-target run from scratch against a
-    trivial 5% target. Its figures mean nothing; it proves the machinery.
-    On this project's 2-core EPYC: 4 cells run, 1 skipped, ~2 CPU-minutes (4.5 min wall while
-    two other training jobs shared the machine)."""
-    return Preset(
-        name="smoke", doc=smoke.__doc__, tiny_data=dict(classes=3, per_class=8, max_side=96),
-        base=dict(checkpoint_url="none", image_size=32, batch_size=4, epochs=2,
-                  lr_schedule="2:0.01", target_accuracy=0.05, val_fraction=0.2),
-        matrices=({"data_format": ["NHWC", "NCHW"]},), warmup_steps=1, timed_steps=3,
-        cell_budget_sec=120, time_to_target=("default",), ttt_budget_sec=120,
-        reader_backends=("cxx",), reader_threads=(1, 2), reader_seconds=1.0)
-
-
-def cpu() -> Preset:
-    """The default: `python -m bench.sweep` (= `--preset cpu`), on the built-in data.
-
-    Measures the CPU default run (flowers_tl.config.CPU_DEFAULT: 64 px, batch 32) against its
-    knobs one at a time -- XLA on/off, NCHW under XLA, unfused batch norm, bf16, tf.data input --
-    12 timed steps after 3 warm-up steps each (~30-60 s a cell), the Keras-fit anchor, reader
-    threads 1..cores, and the time to 95% train accuracy of the default configuration from the
-    built-in source checkpoint (budget 11 minutes). Aims to finish within ~15-17 minutes on
-    2 cores; the first run also generates the built-in data and trains its source checkpoint
-    (cached, untimed).
-    Measured on this project's 2-core AMD EPYC (AVX2, TF 2.21, oneDNN on, quiet machine,
-    source checkpoint already cached), 2026-11-27: 12.0 min in all. img/s: default (NHWC, fused
-    BN, C++ reader) 42.8 ± 1.2; unfused BN 39.0; tf.data input 37.0; Keras fit 34.5 (default =
-    1.24x); XLA 10.5 and NCHW+XLA 10.0 (XLA's CPU convolutions skip oneDNN); bf16 3.6 (no bf16
-    units on this CPU). Time to 95% train accuracy: 226 s from process start (219 s from the
-    first step, 224 steps). Reader at 64 px: C++ 1519 / 3275 img/s vs tf.data 969 / 1955
-    (1 / 2 threads)."""
-    return Preset(
-        name="cpu", doc=cpu.__doc__, base={},
-        matrices=({"data_format": ["NHWC", "NCHW"], "xla": [False, True]},
-                  {"batch_norm_fused": [False]}, {"precision": ["bf16"]}),
-        warmup_steps=3, timed_steps=12, cell_budget_sec=180, time_to_target=("default",),
-        ttt_budget_sec=660)
-
-
-def gpu() -> Preset:
-    """The recipe's full matrix at 224 px, batch 64 per GPU: `python -m bench.sweep --preset gpu`.
-
-    NHWC/NCHW x fp32 / fp16 (static 1024) / fp16 dynamic / bf16 x XLA off/on on every GPU, plus
-    unfused batch norm, 1/2/4/8 GPUs (more than present: skipped) and batch 128/256, 20 timed
-    steps each, both anchors, and the time to 95% train accuracy of the default configuration
-    and of the fastest cell (30 minutes each). Expect 1-2 hours.
-    Not yet run: this project's machines have no GPU. Published anchors to compare with: V100
-    fp32 / AMP / AMP+XLA ~370 / ~1,100 / ~1,270 img/s; A100 AMP+XLA ~2,375 img/s."""
-    return Preset(
-        name="gpu", doc=gpu.__doc__, base=dict(image_size=224, batch_size=64),
-        matrices=({"data_format": ["NHWC", "NCHW"],
-                   "precision": ["fp32", "fp16", "fp16_dynamic", "bf16"], "xla": [False, True]},
-                  {"batch_norm_fused": [False], "precision": ["fp32", "fp16"]},
-                  {"num_gpus": [1, 2, 4, 8]}, {"batch_size": [128, 256]}),
-        warmup_steps=10, timed_steps=20, cell_budget_sec=600,
-        time_to_target=("default", "fastest"), ttt_budget_sec=1800,
-        reader_threads=None, reader_seconds=5.0)
-
-
-PRESETS = {preset.__name__: preset for preset in (smoke, cpu, gpu)}
-
-
-# =============================================================================== rows
-def phase_settings(config, preset: Preset, phase: str) -> dict[str, Any]:
-    """The production configuration turned into what this phase runs (a --config file)."""
-    values = run_values(config)
+# =============================================================================== configurations
+def phase_settings(config: config_lib.RunConfig, preset: Preset, phase: str) -> dict[str, Any]:
+    """The production configuration turned into what this phase runs: the flat knobs of a
+    --config file."""
+    sweep = preset.sweep
+    values = {**config_lib.flat_dict(config), "train_url": None,
+              "note": f"bench.sweep {preset.name}: {phase} cell"}
     if phase == "throughput":
-        values.update(max_steps=preset.warmup_steps + preset.timed_steps,
-                      warmup_steps=preset.warmup_steps, log_every=1, export=False,
+        values.update(max_steps=sweep.warmup_steps + sweep.timed_steps,
+                      warmup_steps=sweep.warmup_steps, log_every=1, export=False,
                       val_fraction=0.0, target_metric="train", stop_at_target=False,
                       checkpoint_every_steps=0, checkpoint_every_minutes=1e6)
         if values["data_url"] is None and values["checkpoint_url"] is None:
             values["checkpoint_url"] = "none"  # timing a step needs no source checkpoint
     else:
         values.update(stop_at_target=True, export=False)
-    values["note"] = f"bench.sweep {preset.name}: {phase} cell"
     return values
 
 
-def run_values(config, **changes) -> dict[str, Any]:
-    """A TrainConfig as the dict a --config file holds (no train_url: each run gets its own)."""
-    values = {**dataclasses.asdict(config), **changes}
-    values.pop("train_url")
-    return values
-
-
-def keras_fit_settings(default, preset: Preset, data_url: str) -> dict[str, Any]:
+def keras_fit_settings(default: config_lib.RunConfig, preset: Preset, data_url: str
+                       ) -> dict[str, Any]:
     """The Keras-fit anchor at the default's batch, image size, precision and devices."""
-    from flowers_tl.config import parse_lr_schedule
-    return dict(batch_size=default.batch_size, image_size=default.image_size,
-                precision=default.precision, num_gpus=default.num_gpus, data_url=data_url,
-                val_fraction=0.0, seed=default.seed,  # all images, as our throughput cells
-                reader_threads=default.reader_threads, momentum=default.momentum,
-                learning_rate=parse_lr_schedule(default.lr_schedule)[0][1],
-                warmup_steps=preset.warmup_steps,
-                max_steps=preset.warmup_steps + preset.timed_steps)
+    sweep = preset.sweep
+    return dict(batch_size=default.train.batch_size, image_size=default.reader.image_size,
+                precision=default.model.precision, num_gpus=default.train.num_gpus,
+                data_url=data_url, val_fraction=0.0, seed=default.train.seed,
+                reader_threads=default.reader.reader_threads, momentum=default.train.momentum,
+                learning_rate=config_lib.parse_lr_schedule(default.train.lr_schedule)[0][1],
+                warmup_steps=sweep.warmup_steps, max_steps=sweep.warmup_steps + sweep.timed_steps)
 
 
 def make_row(cell: Cell, phase: str, sweep: str, figures: dict[str, Any],
@@ -185,15 +98,15 @@ def make_row(cell: Cell, phase: str, sweep: str, figures: dict[str, Any],
     production configuration it stands for (tuned.json's source) and the environment."""
     row = {"sweep": sweep, "cell": cell.name, "role": cell.role, "phase": phase,
            "default": cell.default}
-    values = dataclasses.asdict(cell.config) if cell.config is not None else cell.settings
-    for name in NAMED_AXES + ("loss_scale", "image_size"):
+    values = cell.values
+    for name in NAMED_AXES:
         row[name] = values.get(name)
     if cell.role == "anchor-keras-fit":
         row.update(data_format="NHWC", batch_norm_fused=None, input="tfdata",
                    xla=figures.get("jit_compile"))
-    row.update(figures)
+    row.update({k: v for k, v in figures.items() if k != "step_rows"})
     row["config"] = run_config
-    row["production_config"] = dataclasses.asdict(cell.config) if cell.config is not None \
+    row["production_config"] = values if cell.config is not None \
         and cell.role != "anchor-keras-fit" else None
     row["settings"] = cell.settings
     row["load_average_1min_after"] = os.getloadavg()[0]
@@ -201,37 +114,21 @@ def make_row(cell: Cell, phase: str, sweep: str, figures: dict[str, Any],
     return row
 
 
-def reader_phase(preset: Preset, default, data_url: str, folder: Path, machine: Machine) -> str:
-    """bench.reader's images/sec against threads into reader.jsonl, in one process."""
-    threads = preset.reader_threads or tuple(sorted(
-        {1, machine.cpus} | {2 ** k for k in range(1, 8) if 2 ** k < machine.cpus}))
-    command = [sys.executable, "-m", "bench.reader", "--data_url", data_url,
-               "--backend", ",".join(preset.reader_backends),
-               "--num_threads", ",".join(map(str, threads)),
-               "--image_size", str(default.image_size), "--batch_size", str(default.batch_size),
-               "--seconds", str(preset.reader_seconds),
-               "--warmup_seconds", str(min(2.0, preset.reader_seconds / 2)),
-               "--out", str(folder / "reader.jsonl")]
-    budget = 60 + 3 * preset.reader_seconds * len(threads) * len(preset.reader_backends)
-    log = folder / "cells" / "reader.log"
-    returncode, seconds, _ = run_process(command, log, budget)
-    if returncode != 0:
-        return f"reader phase failed: {error_message(log)}"
-    return f"reader: {', '.join(preset.reader_backends)} at {threads} threads ({seconds:.0f} s)"
-
-
-# =============================================================================== the sweep
-def results_folder(root: str, preset: str) -> Path:
-    """results/<YYYYmmdd-HHMMSS>-<host>-<preset>: named by time and host."""
-    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname().split(".")[0]) or "host"
-    folder = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{host}-{preset}"
-    for suffix in itertools.count(1):
-        try:
-            folder.mkdir(parents=True)
-            return folder
-        except FileExistsError:  # two sweeps in the same second
-            folder = folder.with_name(f"{folder.name.split('+')[0]}+{suffix}")
-    raise AssertionError("unreachable")
+def pooled(rounds: list[dict[str, Any]], replicas: int) -> dict[str, Any]:
+    """A cell's figures over all its rounds: the timed steps pooled, each round's rate kept."""
+    good = [figures for figures in rounds if figures["status"] == "ok"]
+    if not good:
+        return rounds[-1]
+    steps = [row for figures in good for row in figures["step_rows"]]
+    figures = dict(good[-1])
+    figures.update(throughput_stats([r["step_seconds"] for r in steps],
+                                    [r["images"] for r in steps],
+                                    [r["data_wait_seconds"] for r in steps], replicas))
+    figures.update(rounds=len(rounds), rounds_ok=len(good),
+                   round_images_per_sec=[f["images_per_sec"] for f in good],
+                   step_seconds=[round(r["step_seconds"], 5) for r in steps],
+                   cell_seconds=round(sum(f["cell_seconds"] for f in rounds), 2))
+    return figures
 
 
 def describe_cell(row: dict[str, Any]) -> str:
@@ -246,9 +143,50 @@ def describe_cell(row: dict[str, Any]) -> str:
                     f"{row['seconds_to_target_from_process_start']:.0f} s "
                     f"({row['seconds_to_target_from_first_step']:.0f} s from the first step)")
         return f"target not reached; best {row['target_metric']} {row['best_accuracy']}"
-    spread = row["images_per_sec_stderr"]
-    return (f"{row['images_per_sec']:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
-            + f" img/s, data wait {row['data_wait_fraction'] or 0:.1%}")
+    interval = row.get("images_per_sec_ci95")
+    return (f"{row['images_per_sec']:.2f} img/s"
+            + (f" (95% {interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
+            + (f", data wait {row['data_wait_fraction']:.1%}"
+               if row.get("data_wait_fraction") is not None else ""))
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+# =============================================================================== phases
+def reader_phase(preset: Preset, default, data_url: str, folder: Path, machine: Machine) -> str:
+    """bench.reader's images/sec against threads into reader.jsonl, in one process."""
+    sweep = preset.sweep
+    threads = sweep.reader_threads or tuple(sorted(
+        {1, machine.cpus} | {2 ** k for k in range(1, 8) if 2 ** k < machine.cpus}))
+    command = [sys.executable, "-m", "bench.reader", "--data_url", data_url,
+               "--backend", ",".join(sweep.reader_backends),
+               "--num_threads", ",".join(map(str, threads)),
+               "--image_size", str(default.reader.image_size),
+               "--batch_size", str(default.train.batch_size),
+               "--seconds", str(sweep.reader_seconds),
+               "--warmup_seconds", str(min(2.0, sweep.reader_seconds / 2)),
+               "--out", str(folder / "reader.jsonl")]
+    budget = 60 + 3 * sweep.reader_seconds * len(threads) * len(sweep.reader_backends)
+    log = folder / "cells" / "reader.log"
+    returncode, seconds, _ = run_process(command, log, budget)
+    if returncode != 0:
+        return f"reader phase failed: {error_message(log)}"
+    return f"reader: {', '.join(sweep.reader_backends)} at {threads} threads ({seconds:.0f} s)"
+
+
+def results_folder(root: str, preset: str) -> Path:
+    """<root>/<YYYYmmdd-HHMMSS>-<host>-<preset>, absolute: named by time and host."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname().split(".")[0]) or "host"
+    folder = Path(root).resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-{host}-{preset}"
+    for suffix in itertools.count(1):
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:  # two sweeps in the same second
+            folder = folder.with_name(f"{folder.name.split('+')[0]}+{suffix}")
+    raise AssertionError("unreachable")
 
 
 def run_sweep(preset: Preset, folder: Path, machine: Machine, settings: dict[str, Any],
@@ -256,68 +194,102 @@ def run_sweep(preset: Preset, folder: Path, machine: Machine, settings: dict[str
               reader: bool = True, keep_checkpoints: bool = False, command: str = ""
               ) -> list[dict[str, Any]]:
     started = time.time()
+    sweep = preset.sweep
+    folder = Path(folder).resolve()
     (folder / "cells").mkdir(parents=True, exist_ok=True)
-    base = {**preset.base, **settings}
-    if preset.tiny_data and "data_url" not in settings:
+    base = {**preset.overrides, **settings}
+    if sweep.tiny_data and "data_url" not in settings:
         from flowers_tl import synth
-        base["data_url"] = synth.generate(folder / "data", seed=0, **preset.tiny_data)
-    default, cells = plan(base, preset.matrices, machine, overrides, extra_cells,
-                          "tfdata" in preset.anchors)
+        base["data_url"] = str(synth.generate(folder / "data", seed=0, **sweep.tiny_data))
+    default, cells = plan(base, sweep.matrices, machine, overrides, extra_cells,
+                          "tfdata" in sweep.anchors)
     runnable = [cell for cell in cells if cell.skipped is None]
     say = lambda text: print(f"[sweep {time.time() - started:6.0f} s] {text}", file=sys.stderr,
                              flush=True)
-    say(f"{preset.name}: {len(cells)} cells ({len(cells) - len(runnable)} skipped), anchors "
-        f"{list(preset.anchors)}, time to target {list(preset.time_to_target) or 'no'}; "
-        f"{machine.cpus} cores, {machine.gpus} GPU(s) -> {folder}")
+    say(f"{preset.name}: {len(cells)} cells ({len(cells) - len(runnable)} skipped) x "
+        f"{sweep.rounds} round(s), anchors {list(sweep.anchors)}, time to target "
+        f"{list(sweep.time_to_target) or 'no'}; {machine.cpus} cores, {machine.gpus} GPU(s) "
+        f"-> {folder}")
     rows: list[dict[str, Any]] = []
     meta = {"preset": preset.name, "preset_doc": preset.doc, "command": command,
             "folder": str(folder), "started_utc": describe_environment()["time_utc"],
-            "machine": dataclasses.asdict(machine), "default_config": dataclasses.asdict(default),
-            "warmup_steps": preset.warmup_steps, "timed_steps": preset.timed_steps,
-            "cell_budget_sec": preset.cell_budget_sec, "ttt_budget_sec": preset.ttt_budget_sec,
-            "prepare_seconds": 0.0}
+            "machine": dataclasses.asdict(machine),
+            "default_config": config_lib.to_dict(default), "plan": dataclasses.asdict(sweep),
+            "warmup_steps": sweep.warmup_steps, "timed_steps": sweep.timed_steps,
+            "rounds": sweep.rounds, "cell_budget_sec": sweep.cell_budget_sec,
+            "ttt_budget_sec": sweep.ttt_budget_sec, "prepare_seconds": 0.0}
 
-    def record(row: dict[str, Any]) -> None:
+    def record(row: dict[str, Any], quiet: bool = False) -> None:
         rows.append(row)
         append_row(row, str(folder / "results.jsonl"))
-        say(f"{row['phase']:<14} {row['cell']}: {describe_cell(row)}")
+        if not quiet:
+            say(f"{row['phase']:<14} {row['cell']}: {describe_cell(row)}")
 
-    def run(cell: Cell, phase: str, run_config: dict[str, Any], budget: float) -> None:
-        stem = ("ttt-" if phase == "time_to_target" else "") + cell.name
-        figures = run_cell("keras-fit" if cell.role == "anchor-keras-fit" else "train", phase,
-                           run_config, folder, stem, budget, preset.warmup_steps,
-                           keep_checkpoints)
-        record(make_row(cell, phase, preset.name, figures, run_config))
+    def echo(line: str) -> None:
+        say(f"  {line}")
 
     try:
-        data_url = default.data_url
+        data_url = default.data.data_url
         if data_url is None:
-            data_url, seconds = prepare(run_values(default, checkpoint_url="none"), folder,
-                                        "prepare-data")
+            say("preparing the built-in data (cached after the first run)")
+            data_url, seconds = prepare(phase_settings(default, preset, "throughput"), folder,
+                                        "prepare-data", progress=echo)
             meta["prepare_seconds"] += seconds
         meta["data_url"] = data_url
-        if reader and preset.reader_backends:
+        if reader and sweep.reader_backends:
             say(reader_phase(preset, default, data_url, folder, machine))
         for cell in cells:
             if cell.skipped is not None:
                 record(make_row(cell, "throughput", preset.name,
                                 {"status": "skipped", "reason": cell.skipped}, None))
-            else:
-                run(cell, "throughput", phase_settings(cell.config, preset, "throughput"),
-                    preset.cell_budget_sec)
-        if "keras-fit" in preset.anchors:
+        measured = [(cell, "train", phase_settings(cell.config, preset, "throughput"))
+                    for cell in runnable]
+        if "keras-fit" in sweep.anchors:
             keras = keras_fit_settings(default, preset, data_url)
             name = (f"keras-fit-{keras['precision']}-b{keras['batch_size']}-"
                     f"{keras['image_size']}px-" + (f"{keras['num_gpus']}gpu" if keras['num_gpus']
                                                    else "cpu"))
-            run(Cell(name=name, role="anchor-keras-fit", settings=keras), "throughput", keras,
-                preset.cell_budget_sec)
+            measured.append((Cell(name=name, role="anchor-keras-fit", settings=keras),
+                             "keras-fit", keras))
+        by_cell: dict[str, list[dict[str, Any]]] = {cell.name: [] for cell, _, _ in measured}
+        total_runs, done, run_seconds = len(measured) * sweep.rounds, 0, 0.0
+        try:
+            for round_index in range(sweep.rounds):
+                order = measured if round_index % 2 == 0 else measured[::-1]
+                for cell, kind, run_config in order:
+                    stem = f"{cell.name}-r{round_index + 1}"
+                    figures = run_cell(kind, "throughput", run_config, folder, stem,
+                                       sweep.cell_budget_sec, keep_checkpoints)
+                    done += 1
+                    run_seconds += figures["cell_seconds"]
+                    by_cell[cell.name].append(figures)
+                    row = make_row(cell, "throughput_round", preset.name,
+                                   dict(figures, round=round_index + 1), run_config)
+                    record(row, quiet=True)
+                    left = run_seconds / done * (total_runs - done)
+                    ttt = (f" + time to target (up to {minutes(sweep.ttt_budget_sec)} each)"
+                           if sweep.time_to_target else "")
+                    say(f"round {round_index + 1}/{sweep.rounds}, run {done}/{total_runs} "
+                        f"{cell.name}: {describe_cell(row)}; about {minutes(left)} of "
+                        f"throughput runs left{ttt}")
+        finally:  # also after Ctrl-C: what was measured becomes rows
+            for cell, _, run_config in measured:
+                if by_cell[cell.name]:
+                    replicas = by_cell[cell.name][-1].get("replicas") or 1
+                    record(make_row(cell, "throughput", preset.name,
+                                    pooled(by_cell[cell.name], replicas), run_config))
         for cell in time_to_target_cells(preset, default, cells, rows):
-            if default.data_url is None and cell.config.checkpoint_url is None:
-                _, seconds = prepare(run_values(cell.config), folder, f"prepare-{cell.name}")
+            if default.data.data_url is None and cell.config.run.checkpoint_url is None:
+                say(f"preparing the source checkpoint for {cell.name} (cached after the first run)")
+                _, seconds = prepare(phase_settings(cell.config, preset, "time_to_target"),
+                                     folder, f"prepare-{cell.name}", progress=echo)
                 meta["prepare_seconds"] += seconds
-            run(cell, "time_to_target", phase_settings(cell.config, preset, "time_to_target"),
-                preset.ttt_budget_sec)
+            say(f"time to target: {cell.name} (budget {minutes(sweep.ttt_budget_sec)})")
+            run_config = phase_settings(cell.config, preset, "time_to_target")
+            figures = run_cell("train", "time_to_target", run_config, folder,
+                               f"ttt-{cell.name}", sweep.ttt_budget_sec, keep_checkpoints,
+                               progress=echo)
+            record(make_row(cell, "time_to_target", preset.name, figures, run_config))
     except RuntimeError as error:  # the preparation failed: nothing can be measured
         meta["error"] = str(error)
         say(f"error: {error}")
@@ -327,19 +299,19 @@ def run_sweep(preset: Preset, folder: Path, machine: Machine, settings: dict[str
     meta["wall_seconds"] = time.time() - started
     from bench import report
     report.write_all(folder, rows, meta)
-    say(f"report: {folder / 'report.md'}")
+    say(f"report: {folder / 'report.md'} ({minutes(meta['wall_seconds'])} in all)")
     return rows
 
 
 def time_to_target_cells(preset: Preset, default, cells: list[Cell],
                          rows: list[dict[str, Any]]) -> list[Cell]:
     chosen: list[Cell] = []
-    if "default" in preset.time_to_target:
+    if "default" in preset.sweep.time_to_target:
         cell = next((c for c in cells if c.default), None) or Cell(
-            name=cell_name(dataclasses.asdict(default)), role="cell", settings=dict(preset.base),
-            config=default, default=True)
+            name=cell_name(config_lib.flat_dict(default)), role="cell",
+            settings=dict(preset.overrides), config=default, default=True)
         chosen.append(cell)
-    if "fastest" in preset.time_to_target:
+    if "fastest" in preset.sweep.time_to_target:
         timed = [row for row in rows if row["status"] == "ok" and row["phase"] == "throughput"
                  and row["role"] != "anchor-keras-fit"]
         if timed:
@@ -353,10 +325,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.sweep",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="presets:\n" + "\n".join(
-                                         f"  {name}: {p.__doc__.splitlines()[0]}"
-                                         for name, p in PRESETS.items()))
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                                     epilog="presets (flowers_tl.presets):\n" + "\n".join(
+                                         f"  {name}: {PRESETS[name].doc.splitlines()[0]}"
+                                         for name in SWEEP_PRESETS))
+    parser.add_argument("--preset", choices=SWEEP_PRESETS, default="cpu",
                         help="default: cpu (the presets' docstrings are their runbooks)")
     parser.add_argument("--axis", action="append", default=[], metavar="NAME=V1,V2",
                         help="set this axis in every matrix of the preset (repeatable)")
@@ -369,8 +341,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="parent of the results folder <time>-<host>-<preset>")
     parser.add_argument("--out", default=None, help="the results folder itself (must not exist)")
     parser.add_argument("--warmup_steps", type=int, default=None)
-    parser.add_argument("--timed_steps", type=int, default=None)
-    parser.add_argument("--cell_budget", type=float, default=None, help="seconds per cell")
+    parser.add_argument("--timed_steps", type=int, default=None, help="per cell and round")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="times every cell is measured, interleaved")
+    parser.add_argument("--cell_budget", type=float, default=None, help="seconds per cell run")
     parser.add_argument("--ttt_budget", type=float, default=None,
                         help="seconds per time-to-target cell")
     parser.add_argument("--time_to_target", default=None,
@@ -387,10 +361,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def configure(args: argparse.Namespace) -> tuple[Preset, dict, dict, list]:
     """(preset with the flags applied, --set settings, --axis overrides, --cell cells)."""
-    preset = PRESETS[args.preset]()
+    preset = PRESETS[args.preset]
     changes: dict[str, Any] = {}
     for flag, name in (("warmup_steps", "warmup_steps"), ("timed_steps", "timed_steps"),
-                       ("cell_budget", "cell_budget_sec"), ("ttt_budget", "ttt_budget_sec")):
+                       ("rounds", "rounds"), ("cell_budget", "cell_budget_sec"),
+                       ("ttt_budget", "ttt_budget_sec")):
         if getattr(args, flag) is not None:
             changes[name] = getattr(args, flag)
     for flag, choices in (("time_to_target", ("default", "fastest")),
@@ -402,20 +377,24 @@ def configure(args: argparse.Namespace) -> tuple[Preset, dict, dict, list]:
                 raise SweepError(f"--{flag} {value!r}: one or more of {', '.join(choices)}, "
                                  "or none")
             changes[flag] = names
-    preset = dataclasses.replace(preset, **changes)
-    if preset.timed_steps < 2 or preset.warmup_steps < 1:
-        raise SweepError("--timed_steps must be >= 2 (a spread) and --warmup_steps >= 1 (the "
-                         "first step traces and compiles)")
+    sweep = dataclasses.replace(preset.sweep, **changes)
+    if sweep.timed_steps < 2 or sweep.warmup_steps < 1 or sweep.rounds < 1:
+        raise SweepError("--timed_steps must be >= 2 (a spread), --warmup_steps >= 1 (the "
+                         "first step traces and compiles) and --rounds >= 1")
     settings: dict[str, Any] = {}
     for text in args.set:
         name, sep, value = text.partition("=")
         if not sep:
             raise SweepError(f"--set {text!r}: expected key=value")
-        settings.update(axis_settings(name.strip(), parse_value(name.strip(), value)))
+        key, parsed = parse_setting(name, value)
+        if key in ("data_url", "checkpoint_url", "train_url") and parsed not in (None, "none"):
+            parsed = os.path.abspath(parsed)  # the cells run in the results folder
+        settings[key] = parsed
     overrides: dict[str, list] = {}
     for text in args.axis:
         overrides.update(parse_assignments(text, "--axis"))
-    return preset, settings, overrides, [parse_assignments(t, "--cell") for t in args.cell]
+    return (dataclasses.replace(preset, sweep=sweep), settings, overrides,
+            [parse_assignments(t, "--cell") for t in args.cell])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -426,15 +405,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine = detect_machine() if args.gpus is None else Machine(
             gpus=args.gpus, cpus=len(os.sched_getaffinity(0)))
         if args.dry_run:
-            default, cells = plan({**preset.base, **settings}, preset.matrices, machine,
-                                  overrides, extra, "tfdata" in preset.anchors)
+            default, cells = plan({**preset.overrides, **settings}, preset.sweep.matrices,
+                                  machine, overrides, extra, "tfdata" in preset.sweep.anchors)
             for cell in cells:
                 print(f"{cell.name:<48} {cell.role:<14} "
                       + (f"skipped: {cell.skipped}" if cell.skipped else "runs")
                       + (" (default)" if cell.default else ""))
             return 0
         if args.out:
-            folder = Path(args.out)
+            folder = Path(args.out).resolve()
             if folder.exists() and any(folder.iterdir()):
                 raise SweepError(f"--out {folder}: exists and is not empty")
             folder.mkdir(parents=True, exist_ok=True)

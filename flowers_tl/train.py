@@ -356,8 +356,10 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
         log.write(row, step, summary=shown)
         if chief and shown:
             timed = [r for r in step_rows if not r["warmup"]]
-            speed = (f"{sum(r['images'] for r in timed) / sum(r['step_seconds'] for r in timed):.1f}"
-                     " img/s") if timed else "warm-up"
+            seconds = sum(r["step_seconds"] for r in timed)
+            speed = (f"{sum(r['images'] for r in timed) / seconds:.1f} img/s, about "
+                     f"{seconds / len(timed) * (total_steps - step) / 60:.1f} min of steps left"
+                     ) if timed else "warm-up"
             print(f"step {step}/{total_steps} epoch {row['epoch']:.2f} loss {loss:.4f} "
                   f"acc {accuracy:.3f} lr {row['learning_rate']:g} {speed}", flush=True)
         if step % steps_per_epoch == 0 or step == total_steps:

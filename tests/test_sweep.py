@@ -1,9 +1,10 @@
 """bench.sweep: the smoke preset end to end, and the matrix, checks, figures and choice alone.
 
-The end-to-end test runs `python -m bench.sweep --preset smoke` once (module fixture) with one
-extra cell whose batch is larger than the tiny data set, so the trainer fails at run time:
-5 cell processes, a reader pass and the report (~1.5-2 minutes on 2 cores, most of it
-TensorFlow start-up). The other tests are unit tests on small inputs.
+The end-to-end test runs `python -m bench.sweep --preset smoke` once (module fixture) from an
+empty temporary folder -- not the checkout, and with no PYTHONPATH, as a user of the installed
+package would -- with one extra cell whose batch is larger than the tiny data set, so the
+trainer fails at run time: 5 cell processes, a reader pass and the report (~1.5-2 minutes on 2
+cores, most of it TensorFlow start-up). The other tests are unit tests on small inputs.
 """
 from __future__ import annotations
 
@@ -17,25 +18,26 @@ from pathlib import Path
 import pytest
 
 from bench import report
-from bench.cell import error_message, run_process, step_windows
+from bench import sweep
+from bench.cell import error_message, run_process
 from bench.matrix import (Machine, MatrixError, check_cell, expand, parse_assignments,
-                          parse_value, plan)
+                          parse_setting, plan)
 from flowers_tl import config as config_lib
-from flowers_tl.results import throughput_stats
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU = Machine(gpus=0, cpus=2)
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sweep") / "smoke"
-    environment = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    empty = tmp_path_factory.mktemp("cwd")  # the user's folder: empty, not the checkout
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment["TF_CPP_MIN_LOG_LEVEL"] = "3"
     result = subprocess.run(
-        [sys.executable, "-m", "bench.sweep", "--preset", "smoke", "--out", str(folder),
+        [sys.executable, "-m", "bench.sweep", "--preset", "smoke", "--out", "smoke",
          "--cell", "batch_size=64"],
-        cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=900)
+        cwd=empty, env=environment, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
+    folder = empty / "smoke"  # a relative --out is the caller's folder's
     rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
     return folder, rows, result
 
@@ -45,6 +47,7 @@ def by_cell(rows, phase="throughput"):
 
 
 # ------------------------------------------------------------------------------ end to end
+@pytest.mark.e2e
 def test_smoke_sweep_writes_every_file_and_each_parses(smoke):
     folder, rows, result = smoke
     for name in ("results.jsonl", "results.csv", "report.md", "tuned.json", "reader.jsonl",
@@ -65,9 +68,12 @@ def test_smoke_sweep_writes_every_file_and_each_parses(smoke):
     assert result.stdout.strip() == f"python -m flowers_tl.train --config {folder}/tuned.json"
 
 
+@pytest.mark.e2e
 def test_rows_carry_their_configuration_and_the_environment(smoke):
     _, rows, _ = smoke
-    assert len(rows) == 6  # 3 matrix cells + the tf.data anchor + Keras fit + time to target
+    assert len(by_cell(rows)) == 5  # 3 matrix cells + the tf.data anchor + Keras fit
+    assert len(by_cell(rows, "throughput_round")) == 4  # one round of the 4 that run
+    assert len(by_cell(rows, "time_to_target")) == 1
     for row in rows:
         assert row["sweep"] == "smoke" and row["status"] in ("ok", "skipped", "error")
         environment = row["environment"]
@@ -81,17 +87,20 @@ def test_rows_carry_their_configuration_and_the_environment(smoke):
             assert row["production_config"]["max_steps"] is None  # not the phase's cap
 
 
+@pytest.mark.e2e
 def test_impossible_cell_is_skipped_and_failing_cell_is_an_error_row(smoke):
     _, rows, _ = smoke
     cells = by_cell(rows)
     skipped = cells["nchw-bnfused-fp32-noxla-b4-32px-cxx-cpu"]
-    assert skipped["status"] == "skipped" and "NCHW" in skipped["reason"]
-    assert "XLA" in skipped["reason"] and "images_per_sec" not in skipped
+    assert skipped["status"] == "skipped" and skipped["reason"] == (
+        "--data_format NCHW on a CPU needs --xla true (TensorFlow's CPU Conv2D is NHWC only)")
+    assert "images_per_sec" not in skipped
     failed = cells["nhwc-bnfused-fp32-noxla-b64-32px-cxx-cpu"]
     assert failed["status"] == "error" and "less than one global batch" in failed["error"]
     assert failed["returncode"] != 0 and "images_per_sec" not in failed
 
 
+@pytest.mark.e2e
 def test_throughput_rows_and_the_anchors(smoke):
     _, rows, _ = smoke
     cells = by_cell(rows)
@@ -107,10 +116,16 @@ def test_throughput_rows_and_the_anchors(smoke):
         assert row["images_per_sec_per_device"] == row["images_per_sec"]  # one device
         # images/sec is the timed images over the timed seconds
         assert row["images_per_sec"] == pytest.approx(4 / row["step_time_sec"], rel=1e-6)
+        low, high = row["images_per_sec_ci95"]
+        assert low < row["images_per_sec"] < high and row["rounds_ok"] == 1
+        assert len(row["step_seconds"]) == 3  # the pooled per-step times, kept
+        assert row["images_per_sec"] == pytest.approx(12 / sum(row["step_seconds"]), rel=1e-3)
     assert 0 <= default["data_wait_fraction"] <= 1
+    assert keras["data_wait_fraction"] is None  # Keras fit does not say
     assert default["config"]["max_steps"] == 4 and default["config"]["log_every"] == 1
 
 
+@pytest.mark.e2e
 def test_time_to_target_row(smoke):
     _, rows, _ = smoke
     (run,) = [row for row in rows if row["phase"] == "time_to_target"]
@@ -124,6 +139,7 @@ def test_time_to_target_row(smoke):
         assert run["best_accuracy"] is not None
 
 
+@pytest.mark.e2e
 def test_report_is_sorted_by_images_per_sec_and_ends_with_the_train_command(smoke):
     folder, rows, _ = smoke
     text = (folder / "report.md").read_text()
@@ -137,18 +153,20 @@ def test_report_is_sorted_by_images_per_sec_and_ends_with_the_train_command(smok
         f"python -m flowers_tl.train --config {folder}/tuned.json"
 
 
+@pytest.mark.e2e
 def test_tuned_json_round_trips_into_the_train_configuration(smoke):
     folder, rows, _ = smoke
     tuned_path = str(folder / "tuned.json")
     tuned = json.loads(Path(tuned_path).read_text())
     given, config_file = config_lib.parse_args(["--config", tuned_path])
     config = config_lib.resolve(given, config_file, gpus_available=0)
-    assert config == config_lib.TrainConfig(**tuned)
+    assert config == config_lib.with_overrides(config_lib.RunConfig(), tuned)
     cell = json.loads((folder / "sweep.json").read_text())["tuned_cell"]
     assert cell in tuned["note"]
     winner = next(row for row in rows if row["cell"] == cell and row["phase"] == "throughput")
+    flat = config_lib.flatten(tuned)
     assert {k: v for k, v in winner["production_config"].items() if k != "note"} == \
-        {k: v for k, v in tuned.items() if k != "note"} | {"train_url": None}
+        {k: v for k, v in flat.items() if k != "note"} | {"train_url": None}
 
 
 # ------------------------------------------------------------------------------ the matrix
@@ -166,41 +184,52 @@ def test_an_override_sets_its_axis_in_every_matrix():
                    overrides={"precision": ["fp32", "fp16"]})
     assert len(cells) == 2 * 2 + 2
     assert {cell["precision"] for cell in cells} == {"fp32", "fp16"}
-    assert all(cell["loss_scale"] == ("1024" if cell["precision"] == "fp16" else None)
-               for cell in cells)
 
 
-def test_precision_values_set_the_loss_scale():
-    settings = [expand({}, [{"precision": [value]}])[0]
-                for value in ("fp32", "fp16", "fp16_dynamic", "fp16:512", "bf16")]
-    assert [(s["precision"], s["loss_scale"]) for s in settings] == [
-        ("fp32", None), ("fp16", "1024"), ("fp16", "dynamic"), ("fp16", "512"), ("bf16", None)]
+def test_fp16_means_dynamic_loss_scaling_everywhere_and_bundles_set_a_static_one():
+    """One meaning per value: the sweep's fp16 is the trainer's fp16 (dynamic)."""
+    (dynamic,) = expand({}, [{"precision": ["fp16"]}])
+    assert dynamic == {"precision": "fp16"}
+    config, _ = check_cell(dynamic, CPU)
+    assert config.train.loss_scale == "dynamic"
+    assert config == config_lib.resolve({"precision": "fp16"}, gpus_available=0)
+    (static,) = expand({}, [{"precision": [{"precision": "fp16", "train.loss_scale": "1024"}]}])
+    assert static == {"precision": "fp16", "loss_scale": "1024"}
+    assert parse_assignments("precision=fp16,loss_scale=1024", "--cell") == {
+        "precision": ["fp16"], "loss_scale": ["1024"]}
 
 
-def test_axis_values_take_the_train_config_field_types():
+def test_axis_values_take_the_configuration_types_through_its_parser():
     assert parse_assignments("batch_size=32,64", "--axis") == {"batch_size": [32, 64]}
+    assert parse_assignments("train.batch_size=32", "--axis") == {"batch_size": [32]}
     assert parse_assignments("xla=true,off", "--axis") == {"xla": [True, False]}
-    assert parse_assignments("batch_size=64,precision=bf16", "--cell") == {
+    assert parse_assignments("batch_size=64,model.precision=bf16", "--cell") == {
         "batch_size": [64], "precision": ["bf16"]}
-    assert parse_value("reader_threads", "none") is None
-    assert parse_value("checkpoint_url", "none") == "none"  # from scratch, not the built-in one
-    for name, value in (("bogus", "1"), ("batch_size", "many"), ("xla", "maybe"),
-                        ("precision", "fp8")):
-        with pytest.raises(MatrixError):
-            parse_value(name, value)
+    assert parse_setting("reader_threads", "none") == ("reader_threads", None)
+    assert parse_setting("checkpoint_url", "none") == ("checkpoint_url", "none")  # from scratch
+    for name, value, message in (
+            ("bogus", "1", "'bogus' is not a configuration key"),
+            ("model.batch_size", "8", "'model.batch_size' is not a configuration key"),
+            ("batch_size", "many", "--batch_size 'many': expected int"),
+            ("xla", "maybe", "--xla 'maybe': expected true or false")):
+        with pytest.raises(MatrixError) as error:
+            parse_setting(name, value)
+        assert str(error.value).startswith(message)
 
 
 def test_cells_are_checked_against_the_machine():
     config, reason = check_cell({"data_format": "NCHW", "xla": False}, CPU)
-    assert config is None and "NCHW" in reason and "XLA" in reason
+    assert config is None and reason.startswith("--data_format NCHW on a CPU needs --xla true")
     config, reason = check_cell({"data_format": "NCHW", "xla": True}, CPU)
-    assert reason is None and config.data_format == "NCHW" and config.image_size == 64
+    assert reason is None and config.model.data_format == "NCHW"
+    assert config.reader.image_size == 64  # the CPU default applies
     config, reason = check_cell({"num_gpus": 2}, CPU)
-    assert config is None and "2 GPU" in reason and "has 0" in reason
+    assert config is None and reason == "--num_gpus 2: this machine has 0 GPU(s)"
     config, reason = check_cell({"num_gpus": 2}, Machine(gpus=2, cpus=16))
-    assert reason is None and config.data_format == "NCHW"  # the GPU default
+    assert reason is None and config.model.data_format == "NCHW"  # the GPU default
     config, reason = check_cell({"precision": "bf16", "loss_scale": "1024"}, CPU)
-    assert config is None and reason.startswith("invalid configuration") and "loss_scale" in reason
+    assert config is None and reason == ("--loss_scale 1024: only fp16 needs a loss scale "
+                                         "(precision is bf16)")
 
 
 def test_plan_names_cells_marks_the_default_and_adds_the_tfdata_anchor():
@@ -211,8 +240,8 @@ def test_plan_names_cells_marks_the_default_and_adds_the_tfdata_anchor():
     assert names[0] == "nhwc-bnfused-fp32-noxla-b32-64px-cxx-cpu" and cells[0].default
     assert [cell.default for cell in cells].count(True) == 1
     assert cells[2].skipped and cells[1].skipped is None
-    assert cells[-1].role == "anchor-tfdata" and cells[-1].config.input == "tfdata"
-    assert default.image_size == 64 and default.data_format == "NHWC"
+    assert cells[-1].role == "anchor-tfdata" and cells[-1].config.reader.input == "tfdata"
+    assert default.reader.image_size == 64 and default.model.data_format == "NHWC"
     # settings that resolve to the same configuration are one cell
     _, cells = plan({}, [{"data_format": ["NHWC"]}, {"xla": [False]}, {"batch_size": [32]}], CPU)
     assert [cell.role for cell in cells] == ["cell", "anchor-tfdata"] and cells[0].default
@@ -221,27 +250,29 @@ def test_plan_names_cells_marks_the_default_and_adds_the_tfdata_anchor():
 
 
 # ------------------------------------------------------------------------------ the figures
-def test_single_step_times_come_back_from_the_trainers_cumulative_rates():
-    """The trainer logs images/sec and data wait accumulated since the warm-up (log_every=1)."""
-    durations, waits, batch, warmup = [0.5, 0.7, 0.4, 0.9], [0.01, 0.0, 0.05, 0.02], 8, 2
-    metrics, seconds, waited = [{"kind": "step", "step": 1}, {"kind": "step", "step": 2}], 0, 0
-    for index, (duration, wait) in enumerate(zip(durations, waits)):
-        seconds, waited = seconds + duration, waited + wait
-        metrics.append({"kind": "step", "step": warmup + index + 1,
-                        "images_per_sec": (index + 1) * batch / seconds,
-                        "data_wait_fraction": waited / seconds})
-    metrics.append({"kind": "epoch", "epoch": 1})
-    windows = step_windows(metrics, warmup, batch)
-    assert [w[0] for w in windows] == pytest.approx([batch] * 4)
-    assert [w[1] for w in windows] == pytest.approx(durations)
-    assert [w[2] for w in windows] == pytest.approx(waits)
-    images, seconds, waits = zip(*windows)
-    figures = throughput_stats(seconds, images, waits, replicas=2)
-    assert figures["images_per_sec"] == pytest.approx(32 / 2.5)
-    assert figures["images_per_sec_per_device"] == pytest.approx(16 / 2.5)
-    assert figures["data_wait_fraction"] == pytest.approx(0.08 / 2.5)
-    assert figures["step_time_sec"] == pytest.approx(2.5 / 4) and figures["timed_steps"] == 4
-    assert figures["images_per_sec_stderr"] > 0
+def test_rounds_pool_their_timed_steps_and_keep_each_rounds_rate():
+    """A cell measured in two rounds: its figures are those of all timed steps together."""
+    def round_figures(seconds):
+        steps = [{"kind": "step", "step": i + 2, "step_seconds": t, "images": 8,
+                  "data_wait_seconds": 0.01, "warmup": False} for i, t in enumerate(seconds)]
+        return {"status": "ok", "step_rows": steps, "cell_seconds": 30.0,
+                "images_per_sec": 8 * len(seconds) / sum(seconds)}
+
+    first, second = round_figures([0.5, 0.7]), round_figures([0.4, 0.9, 0.5])
+    figures = sweep.pooled([first, {"status": "error", "error": "x", "cell_seconds": 5.0},
+                            second], replicas=2)
+    assert figures["images_per_sec"] == pytest.approx(40 / 3.0)
+    assert figures["images_per_sec_per_device"] == pytest.approx(20 / 3.0)
+    assert figures["timed_steps"] == 5 and figures["rounds"] == 3 and figures["rounds_ok"] == 2
+    assert figures["round_images_per_sec"] == pytest.approx([16 / 1.2, 24 / 1.8])
+    assert figures["data_wait_fraction"] == pytest.approx(0.05 / 3.0)
+    assert figures["cell_seconds"] == 65.0
+    rates = [8 / t for t in (0.5, 0.7, 0.4, 0.9, 0.5)]
+    mean = sum(rates) / 5
+    stderr = (sum((r - mean) ** 2 for r in rates) / 4) ** 0.5 / 5 ** 0.5
+    assert figures["images_per_sec_stderr"] == pytest.approx(stderr)
+    assert sweep.pooled([{"status": "error", "error": "x", "cell_seconds": 1.0}], 1)["status"] \
+        == "error"
 
 
 def _row(cell, rate, phase="throughput", role="cell", reached=None, **config):
