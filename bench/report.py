@@ -1,30 +1,35 @@
 """A sweep's results folder from its rows: tuned.json, results.csv, report.md and the plots.
 
     python -m bench.report results/<time>-<host>-<preset>     # write them again from the rows
+    python -m bench.report --readme README.md [--check]       # the README's tables (bench.published)
 
 tuned.json is the fastest cell that reached the target, in the form `python -m flowers_tl.train
 --config tuned.json` takes (TrainConfig keys only). A cell counts as having reached it when its
 own time-to-target run did, or when a time-to-target run of the same configuration except for
 knobs that change only the kernels (SPEED_ONLY_KNOBS) did. When no time-to-target phase ran, it
 is the fastest cell; when one ran and nothing reached the target, the fastest cell with a note.
+The tie rule: where the default cell is among those candidates and its 95% interval overlaps the
+fastest one's, the two tie, tuned.json keeps the default (the simpler configuration) and
+report.md says so, naming both cells and both intervals.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from flowers_tl.results import read_jsonl
+from flowers_tl.results import ci95, intervals_overlap, read_jsonl
 
 # Knobs that change the kernels, not the arithmetic (up to rounding; tfdata draws its random
 # crops from the same distribution with another generator).
 SPEED_ONLY_KNOBS = ("data_format", "batch_norm_fused", "xla", "input", "reader_threads")
 NOT_A_SETTING = ("train_url", "note")
 FIRST_COLUMNS = ("cell", "role", "phase", "status", "default", "images_per_sec",
-                 "images_per_sec_stderr", "images_per_sec_jitter", "images_per_sec_per_device",
+                 "images_per_sec_stderr", "images_per_sec_ci95", "images_per_sec_jitter", "images_per_sec_per_device",
                  "step_time_sec", "data_wait_fraction", "speedup_vs_keras_fit",
                  "speedup_vs_slowest", "speedup_vs_default", "reached",
                  "seconds_to_target_from_process_start", "seconds_to_target_from_first_step",
@@ -45,7 +50,7 @@ def same_arithmetic(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def choose_tuned(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
-    """(the winning row, why it won)."""
+    """(the winning row, why it won), after the tie rule (tie_rule)."""
     timed = timed_rows(rows)
     ttt = [row for row in rows if row["phase"] == "time_to_target" and row["status"] == "ok"]
     # a configuration that only ran to the target competes with its whole-run images/sec
@@ -54,22 +59,48 @@ def choose_tuned(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str
               {t["cell"] for t in timed}]
     if not timed:
         return None, "no cell was measured"
-    fastest = max(timed, key=lambda row: row["images_per_sec"])
     if not ttt:
-        return fastest, f"the fastest cell ({fastest['images_per_sec']:.1f} img/s); no " \
-                        "time-to-target phase ran"
+        return tie_rule(timed, "the fastest cell", lambda row: "no time-to-target phase ran")
     reached = [row for row in ttt if row.get("reached")]
-    eligible = [(row, run) for row in timed for run in reached
-                if same_arithmetic(row["production_config"], run["production_config"])]
-    if not eligible:
-        return fastest, (f"the fastest cell ({fastest['images_per_sec']:.1f} img/s); no "
-                         "time-to-target run reached its target within its budget")
-    row, run = max(eligible, key=lambda pair: pair[0]["images_per_sec"])
-    how = "its own time-to-target run" if run["cell"] == row["cell"] else \
-        f"the time-to-target run of {run['cell']} (same arithmetic, other kernels)"
-    return row, (f"the fastest cell that reached the target ({row['images_per_sec']:.1f} img/s;"
-                 f" {run['target_metric']} {run['target_accuracy']} in "
-                 f"{run['seconds_to_target_from_process_start']:.0f} s by {how})")
+    runs = {row["cell"]: run for row in timed for run in reached
+            if same_arithmetic(row["production_config"], run["production_config"])}
+    if not runs:
+        return tie_rule(timed, "the fastest cell", lambda row: "no time-to-target run reached "
+                        "its target within its budget")
+
+    def how(row: dict[str, Any]) -> str:
+        run = runs[row["cell"]]
+        by = "its own time-to-target run" if run["cell"] == row["cell"] else \
+            f"the time-to-target run of {run['cell']} (same arithmetic, other kernels)"
+        return (f"{run['target_metric']} {run['target_accuracy']} in "
+                f"{run['seconds_to_target_from_process_start']:.0f} s by {by}")
+
+    return tie_rule([row for row in timed if row["cell"] in runs],
+                    "the fastest cell that reached the target", how)
+
+
+def tie_rule(candidates: list[dict[str, Any]], label: str,
+             detail: Callable[[dict[str, Any]], str]) -> tuple[dict[str, Any], str]:
+    """The fastest candidate, unless the default cell is a candidate whose 95% interval overlaps
+    the fastest one's: then the two tie and the default (the simpler configuration) is kept.
+
+    Noise, not the knobs, separates cells whose intervals overlap; switching the configuration
+    for such a difference would be a choice the next run reverses."""
+    fastest = max(candidates, key=lambda row: row["images_per_sec"])
+    default = next((row for row in candidates if row.get("default")), None)
+    if default is None or default["cell"] == fastest["cell"] or \
+            not intervals_overlap(fastest, default):
+        return fastest, f"{label} ({_rate(fastest)}; {detail(fastest)})"
+    return default, (f"the default cell, which ties with {label}, {fastest['cell']} "
+                     f"({_rate(fastest)}) against the default's {_rate(default)}: the 95% "
+                     f"intervals overlap, so the simpler default configuration is kept "
+                     f"({detail(default)})")
+
+
+def _rate(row: dict[str, Any]) -> str:
+    interval = ci95(row)
+    return f"{row['images_per_sec']:.1f} img/s" + (
+        "" if interval is None else f", 95% interval {interval[0]:.1f}-{interval[1]:.1f}")
 
 
 def tuned_config(row: dict[str, Any], why: str, folder: Path) -> dict[str, Any]:
@@ -125,6 +156,63 @@ def _number(value: Any, digits: int = 1, suffix: str = "") -> str:
     return f"{value:.{digits}f}{suffix}"
 
 
+def throughput_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The sweep's throughput cells, fastest first, as markdown (report.md and the README)."""
+    rows = add_speedups(rows)
+    timed = sorted((r for r in rows if r["phase"] == "throughput" and r["status"] == "ok"),
+                   key=lambda r: -r["images_per_sec"])
+    ttt = {r["cell"]: r for r in rows if r["phase"] == "time_to_target" and r["status"] == "ok"}
+    lines = ["| cell | role | img/s | ± | 95% interval | jitter | per device | step ms | "
+             "data wait | vs Keras fit | vs slowest | vs default | time to target |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in timed:
+        role = r["role"] + (", default" if r["default"] else "")
+        run = ttt.get(r["cell"])
+        target = "-" if run is None else (
+            f"{run['seconds_to_target_from_process_start']:.0f} s" if run["reached"]
+            else f"not reached ({_number(run['best_accuracy'], 3)})")
+        interval = ci95(r)
+        lines.append(
+            f"| {r['cell']} | {role} | {r['images_per_sec']:.2f} | "
+            f"{_number(r.get('images_per_sec_stderr'), 2)} | "
+            f"{'-' if interval is None else f'{interval[0]:.2f}-{interval[1]:.2f}'} | "
+            f"{_number(r.get('images_per_sec_jitter'), 2)}"
+            f" | {r['images_per_sec_per_device']:.2f} | {r['step_time_sec'] * 1e3:.0f} | "
+            f"{_number((r.get('data_wait_fraction') or math.nan) * 100, 1, '%')} | "
+            f"{_number(r['speedup_vs_keras_fit'], 2, 'x')} | "
+            f"{_number(r['speedup_vs_slowest'], 2, 'x')} | "
+            f"{_number(r['speedup_vs_default'], 2, 'x')} | {target} |")
+    return lines
+
+
+def reader_table(rows: list[dict[str, Any]]) -> list[str]:
+    """bench.reader rows as markdown: backends against threads, with ratios against tf.data (and
+    DALI where it ran) at the same thread count."""
+    rates = {(r["backend"], r["num_threads"]): r["samples_per_sec"] for r in rows
+             if "error" not in r}
+    references = ["tfdata"] + (["dali"] if any(key[0] == "dali" for key in rates) else [])
+    names = {"tfdata": "tf.data", "dali": "DALI"}
+    lines = ["| backend | threads | img/s | ± | 95% interval | jitter | "
+             + " | ".join(f"vs {names[name]}" for name in references) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(references)]
+    for r in rows:
+        if "error" in r:
+            error = r["error"][:200].replace("|", "\\|")
+            lines.append(f"| {r['backend']} | {r['num_threads']} | error: {error} |"
+                         + " |" * (3 + len(references)))
+            continue
+        interval = ci95(r, "samples_per_sec")
+        ratios = [rates.get((name, r["num_threads"])) for name in references]
+        lines.append(
+            f"| {r['backend']} | {r['num_threads']} | {r['samples_per_sec']:.1f} | "
+            f"{_number(r.get('samples_per_sec_stderr'))} | "
+            f"{'-' if interval is None else f'{interval[0]:.1f}-{interval[1]:.1f}'} | "
+            f"{_number(r.get('samples_per_sec_jitter'))} | "
+            + " | ".join(_number(r["samples_per_sec"] / base if base else None, 2, "x")
+                         for base in ratios) + " |")
+    return lines
+
+
 def write_markdown(path: Path, rows: list[dict[str, Any]], reader: list[dict[str, Any]],
                    meta: dict[str, Any], tuned: dict[str, Any] | None, why: str,
                    tuned_path: Path) -> None:
@@ -152,29 +240,12 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], reader: list[dict[str
              f"{default.get('num_gpus')} GPU(s); data {meta.get('data_url')}. Throughput: "
              f"{meta.get('warmup_steps')} warm-up + {meta.get('timed_steps')} timed steps per "
              f"cell, each synchronised, data wait included; ± is the standard error over the "
-             f"per-step rates, jitter 1.4826 x their MAD.", ""]
+             f"per-step rates, the 95% interval Student's t around images/sec, jitter 1.4826 x "
+             f"the rates' MAD. Where the default's interval overlaps the fastest cell's, the "
+             f"two tie and tuned.json keeps the default.", ""]
     rows = add_speedups(rows)
-    timed = sorted((r for r in rows if r["phase"] == "throughput" and r["status"] == "ok"),
-                   key=lambda r: -r["images_per_sec"])
     ttt = {r["cell"]: r for r in rows if r["phase"] == "time_to_target" and r["status"] == "ok"}
-    lines += ["## Images/sec, fastest first", "",
-              "| cell | role | img/s | ± | jitter | per device | step ms | data wait | "
-              "vs Keras fit | vs slowest | vs default | time to target |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in timed:
-        role = r["role"] + (", default" if r["default"] else "")
-        run = ttt.get(r["cell"])
-        target = "-" if run is None else (
-            f"{run['seconds_to_target_from_process_start']:.0f} s" if run["reached"]
-            else f"not reached ({_number(run['best_accuracy'], 3)})")
-        lines.append(
-            f"| {r['cell']} | {role} | {r['images_per_sec']:.2f} | "
-            f"{_number(r['images_per_sec_stderr'], 2)} | {_number(r['images_per_sec_jitter'], 2)}"
-            f" | {r['images_per_sec_per_device']:.2f} | {r['step_time_sec'] * 1e3:.0f} | "
-            f"{_number((r['data_wait_fraction'] or math.nan) * 100, 1, '%')} | "
-            f"{_number(r['speedup_vs_keras_fit'], 2, 'x')} | "
-            f"{_number(r['speedup_vs_slowest'], 2, 'x')} | "
-            f"{_number(r['speedup_vs_default'], 2, 'x')} | {target} |")
+    lines += ["## Images/sec, fastest first", ""] + throughput_table(rows)
     if ttt:
         start = {None: "the built-in source checkpoint", "none": "scratch"}
         checkpoints = sorted({str(start.get(r["config"]["checkpoint_url"],
@@ -196,14 +267,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], reader: list[dict[str
     if reader:
         lines += ["", "## Reader images/sec against threads", "",
                   f"bench.reader, {reader[0]['image_size']} px train augmentation, batch "
-                  f"{reader[0]['batch_size']}, on the sweep's data.", "",
-                  "| backend | threads | img/s | ± |", "|---|---|---|---|"]
-        for r in reader:
-            lines.append(f"| {r['backend']} | {r['num_threads']} | "
-                         f"{_number(r.get('samples_per_sec'))} | "
-                         f"{_number(r.get('samples_per_sec_stderr'))} |"
-                         if "error" not in r else
-                         f"| {r['backend']} | {r['num_threads']} | error: {r['error'][:200]} | |")
+                  f"{reader[0]['batch_size']}, on the sweep's data.", ""] + reader_table(reader)
     failed = [r for r in rows if r["status"] in ("skipped", "error")]
     if failed:
         lines += ["", "## Skipped and failed cells", "", "| cell | phase | status | reason |",
@@ -304,8 +368,52 @@ def write_all(folder: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) ->
     write_plots(folder, rows, reader)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.report",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", nargs="?", type=Path,
+                        help="a sweep's results folder: write its report files again")
+    parser.add_argument("--readme", type=Path,
+                        help="rewrite this README's marked tables from results/published/")
+    parser.add_argument("--check", action="store_true",
+                        help="with --readme: change nothing, exit 1 if a table is out of date")
+    parser.add_argument("--published", type=Path, default=None,
+                        help="with --readme: the folders' parent (default: results/published "
+                             "beside the README)")
+    parser.add_argument("--describe", type=Path, metavar="FOLDER",
+                        help="write FOLDER/environment.json: --command(s), machine, GEMM rates")
+    parser.add_argument("--command", action="append", default=[],
+                        help="with --describe: an exact command that made the rows (repeat, "
+                             "in order)")
+    parser.add_argument("--note", default=None, help="with --describe: one sentence for captions")
+    args = parser.parse_args(argv)
+    if sum(x is not None for x in (args.folder, args.readme, args.describe)) != 1:
+        parser.error("give one of FOLDER, --readme README.md, --describe FOLDER")
+    if args.check and args.readme is None:
+        parser.error("--check goes with --readme")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    folder = Path((argv or sys.argv[1:])[0])
+    from bench import published
+
+    args = parse_args(argv)
+    try:
+        if args.describe is not None:
+            print(published.describe(args.describe, args.command, args.note))
+            return 0
+        if args.readme is not None:
+            fresh = published.update_readme(args.readme, args.published, check=args.check)
+            if args.check and not fresh:
+                print(f"{args.readme}: tables out of date; run python -m bench.report --readme "
+                      f"{args.readme}", file=sys.stderr)
+                return 1
+            print(f"{args.readme}: {'up to date' if fresh else 'tables rewritten'}")
+            return 0
+    except (published.PublishedError, OSError) as error:
+        print(f"bench.report: error: {error}", file=sys.stderr)
+        return 2
+    folder = args.folder
     meta = json.loads((folder / "sweep.json").read_text())
     write_all(folder, read_jsonl(folder / "results.jsonl"), meta)
     print(folder / "report.md")

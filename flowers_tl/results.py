@@ -14,9 +14,10 @@ Per-step rows: the contract between the trainer (writes them to metrics.jsonl) a
      "step_seconds": float,        wall time of this step, data wait included, synchronised
      "images": int,                images this step consumed, all replicas together
      "data_wait_seconds": float,   part of step_seconds spent waiting for the input pipeline
+                                   (null where unknown: the Keras-fit anchor)
      "warmup": bool,               true for the steps excluded from throughput
      "loss": float, "accuracy": float, "learning_rate": float,
-     "time": float}                time.time() when the step ended
+     "time": float}                seconds since the process started, when the step ended
 
 throughput_from_step_rows(rows) turns them into the figures below; check_step_row names the
 first field a row lacks.
@@ -38,7 +39,7 @@ MAD_TO_STD = 1.4826
 
 STEP_ROW_FIELDS: dict[str, type | tuple[type, ...]] = {
     "kind": str, "step": int, "step_seconds": (int, float), "images": int,
-    "data_wait_seconds": (int, float), "warmup": bool, "loss": (int, float),
+    "data_wait_seconds": (int, float, type(None)), "warmup": bool, "loss": (int, float),
     "accuracy": (int, float), "learning_rate": (int, float), "time": (int, float),
 }
 
@@ -160,13 +161,13 @@ def throughput_from_step_rows(rows: Sequence[dict[str, Any]], replicas: int = 1
 
 
 def ci95(row: dict[str, Any], prefix: str = "images_per_sec") -> tuple[float, float] | None:
-    """A row's 95% interval: its `<prefix>_ci95`, else rebuilt from its stderr and timed steps
-    (rows written before the interval was recorded), else None."""
+    """A row's 95% interval: its `<prefix>_ci95`, else rebuilt from its stderr and the count that
+    came from (timed steps or windows; rows written before intervals were recorded), else None."""
     interval = row.get(f"{prefix}_ci95")
     if interval is not None:
         return float(interval[0]), float(interval[1])
     rate, stderr = row.get(prefix), row.get(f"{prefix}_stderr")
-    steps = row.get("timed_steps") or row.get("num_steps")
+    steps = row.get("timed_steps") or row.get("timed_windows") or row.get("num_steps")
     if rate is None or stderr is None or not steps or steps < 2:
         return None
     half_width = t_quantile_975(int(steps) - 1) * stderr

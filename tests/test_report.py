@@ -1,0 +1,202 @@
+"""bench.report: the tie rule of the tuned choice, the tables, and the README written from the
+committed results (bench.published)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import published, report
+from flowers_tl import env
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED = REPO_ROOT / "results" / "published"
+
+
+def _cell(cell, rate, default=False, phase="throughput", **figures):
+    production = {"data_format": "NHWC", "xla": cell.startswith("xla"), "precision": "fp32",
+                  "batch_size": 32, "input": "tfdata" if "tfdata" in cell else "cxx",
+                  "note": "", "train_url": None}
+    return {"sweep": "t", "cell": cell, "phase": phase, "role": "cell", "status": "ok",
+            "default": default, "images_per_sec": rate, "images_per_sec_per_device": rate,
+            "step_time_sec": 32 / rate, "data_wait_fraction": 0.01,
+            "production_config": production, "environment": {"cpu_model": "Test CPU"}, **figures}
+
+
+# ---------------------------------------------------------------------------- the tie rule
+def test_overlapping_intervals_keep_the_default_and_say_they_tie():
+    rows = [_cell("default", 40.0, default=True, images_per_sec_ci95=[38.5, 41.5]),
+            _cell("tfdata", 41.0, images_per_sec_ci95=[40.0, 42.0])]
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "default"
+    assert "ties with the fastest cell, tfdata" in why
+    assert "40.0-42.0" in why and "38.5-41.5" in why and "no time-to-target phase ran" in why
+
+
+def test_disjoint_intervals_pick_the_faster_cell():
+    rows = [_cell("default", 40.0, default=True, images_per_sec_ci95=[39.5, 40.5]),
+            _cell("tfdata", 41.0, images_per_sec_ci95=[40.6, 41.4])]
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "tfdata" and "ties" not in why and "40.6-41.4" in why
+
+
+def test_rows_without_recorded_intervals_tie_from_stderr_and_step_count():
+    # bench.cell's rows before images_per_sec_ci95: t(0.975, 11) = 2.201 x stderr each side.
+    default = _cell("default", 40.0, default=True, images_per_sec_stderr=0.4, timed_steps=12)
+    faster = _cell("xla", 41.5, images_per_sec_stderr=0.4, timed_steps=12)
+    assert report.choose_tuned([default, faster])[0]["cell"] == "default"  # 40.88 > 40.62
+    faster["images_per_sec"] = 42.0  # 41.12 > 40.88: apart
+    assert report.choose_tuned([default, faster])[0]["cell"] == "xla"
+    # no spread at all: nothing to call a tie, the faster one wins
+    assert report.choose_tuned([_cell("default", 40.0, default=True),
+                                _cell("xla", 40.1)])[0]["cell"] == "xla"
+
+
+def test_a_default_that_did_not_reach_the_target_is_not_kept_by_a_tie():
+    rows = [_cell("default", 40.0, default=True, images_per_sec_ci95=[38.0, 42.0]),
+            _cell("xla", 41.0, images_per_sec_ci95=[39.0, 43.0]),
+            _cell("xla", 41.0, phase="time_to_target", reached=True,
+                  target_metric="train_accuracy", target_accuracy=0.95,
+                  seconds_to_target_from_process_start=200.0)]
+    rows[0]["production_config"]["precision"] = "bf16"  # other arithmetic: its run does not count
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "xla" and "its own time-to-target run" in why
+    rows[0]["production_config"]["precision"] = "fp32"  # same arithmetic: the xla run counts
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "default" and "ties with the fastest cell that reached" in why
+    assert "the time-to-target run of xla (same arithmetic, other kernels)" in why
+
+
+def test_report_md_and_tuned_json_of_a_tie(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [_cell("default", 40.0, default=True, images_per_sec_ci95=[38.5, 41.5],
+                  images_per_sec_stderr=0.7, images_per_sec_jitter=1.0),
+            _cell("tfdata", 41.0, images_per_sec_ci95=[40.0, 42.0], images_per_sec_stderr=0.5,
+                  images_per_sec_jitter=1.0)]
+    meta = {"preset": "t", "default_config": {}, "command": "python -m bench.sweep --preset t"}
+    report.write_all(tmp_path, rows, meta)
+    text = (tmp_path / "report.md").read_text()
+    assert "`tuned.json` is default: the default cell, which ties with the fastest cell, tfdata" \
+        in text
+    assert "| tfdata | cell | 41.00 | 0.50 | 40.00-42.00 |" in text
+    tuned = json.loads((tmp_path / "tuned.json").read_text())
+    assert tuned["input"] == "cxx" and "ties with" in tuned["note"]
+
+
+# ---------------------------------------------------------------------------- the tables
+def _reader(backend, threads, rate, **extra):
+    return {"backend": backend, "num_threads": threads, "samples_per_sec": rate,
+            "samples_per_sec_stderr": 1.0, "samples_per_sec_ci95": [rate - 3, rate + 3],
+            "samples_per_sec_jitter": 2.0, **extra}
+
+
+def test_reader_table_ratios_by_hand_and_dali_only_where_it_ran():
+    rows = [_reader("cxx", 1, 300.0), _reader("tfdata", 1, 200.0), _reader("cxx", 2, 500.0),
+            _reader("tfdata", 2, 400.0), {"backend": "opencv", "num_threads": 2,
+                                          "error": "ValueError: a|b"}]
+    lines = report.reader_table(rows)
+    assert lines[0] == "| backend | threads | img/s | ± | 95% interval | jitter | vs tf.data |"
+    assert lines[2] == "| cxx | 1 | 300.0 | 1.0 | 297.0-303.0 | 2.0 | 1.50x |"
+    assert lines[4] == "| cxx | 2 | 500.0 | 1.0 | 497.0-503.0 | 2.0 | 1.25x |"
+    assert lines[6] == "| opencv | 2 | error: ValueError: a\\|b | | | | |"
+    with_dali = report.reader_table(rows[:2] + [_reader("dali", 1, 400.0)])
+    assert with_dali[0].endswith("| vs tf.data | vs DALI |")
+    assert with_dali[2].endswith("| 1.50x | 0.75x |")
+
+
+def test_step_table_against_keras_fp32():
+    rows = [{"cell": "keras-fp32", "model": "keras", "precision": "fp32", "images_per_sec": 10.0,
+             "images_per_sec_stderr": 0.1, "images_per_sec_ci95": [9.8, 10.2],
+             "images_per_sec_jitter": 0.2, "step_time_sec": 3.2, "load_average_1min_after": 2.5},
+            {"cell": "ours-bf16", "model": "ours", "precision": "bf16", "images_per_sec": 15.0,
+             "images_per_sec_stderr": 0.2, "timed_steps": 10, "images_per_sec_jitter": 0.3,
+             "step_time_sec": 2.1, "fraction_of_peak": 0.123, "peak_gflops": 1400.0},
+            {"cell": "nchw", "model": "ours", "skipped": "NCHW needs XLA on a CPU"}]
+    lines = published.step_table(rows)
+    assert lines[2] == "| keras-fp32 | 10.00 | 0.10 | 9.80-10.20 | 0.20 | 3.20 | 1.00x | - | - | 2.5 |"
+    # interval rebuilt: 15 +- t(0.975, 9) 2.2622 x 0.2
+    assert lines[3] == "| ours-bf16 | 15.00 | 0.20 | 14.55-15.45 | 0.30 | 2.10 | 1.50x | 12.3% | 1400 | - |"
+    assert lines[4].startswith("| nchw | skipped: NCHW needs XLA on a CPU |")
+
+
+# --------------------------------------------------------------- the README from the results
+def _published_folder(root: Path, name: str = "test-cpu-2c-2026-01-01-reader") -> str:
+    folder = root / name
+    folder.mkdir(parents=True)
+    rows = [_reader("cxx", 1, 300.0, environment={"load_average_1min": 0.5}),
+            _reader("tfdata", 1, 200.0, environment={"load_average_1min": 0.5})]
+    (folder / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "environment.json").write_text(json.dumps({
+        "commands": ["python -m bench.reader --backend cxx,tfdata --num_threads 1"],
+        "environment": {"cpu_model": "Test CPU", "cpu_count_affinity": 2,
+                        "time_utc": "2026-01-01T10:00:00+00:00"}}))
+    return name
+
+
+def _report_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.report", *args], cwd=REPO_ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_readme_tables_are_written_between_markers_and_checked(tmp_path):
+    name = _published_folder(tmp_path / "results" / "published")
+    readme = tmp_path / "README.md"
+    stale = f"# Title\n\nBefore.\n\n<!-- table:{name}/reader -->\nold\n<!-- /table:{name}/reader -->\n\nAfter.\n"
+    readme.write_text(stale)
+    checked = _report_cli("--readme", str(readme), "--check")
+    assert checked.returncode == 1 and "out of date" in checked.stderr
+    assert readme.read_text() == stale  # --check changes nothing
+    assert _report_cli("--readme", str(readme)).returncode == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nBefore.\n\n") and text.endswith("\n\nAfter.\n")
+    caption = text.splitlines()[5]
+    assert caption.startswith("Measured on Test CPU (2 usable cores), 2026-01-01, 1-min load "
+                              "average 0.5, with `python -m bench.reader --backend cxx,tfdata")
+    assert f"[results/published/{name}](results/published/{name}/)" in caption
+    assert "| cxx | 1 | 300.0 | 1.0 | 297.0-303.0 | 2.0 | 1.50x |" in text
+    assert _report_cli("--readme", str(readme), "--check").returncode == 0
+    # byte for byte: a second rewrite changes nothing
+    assert published.render_readme(text, tmp_path / "results" / "published") == text
+
+
+@pytest.mark.parametrize("marker, message", [
+    ("<!-- table:{name}/plots -->\n<!-- /table:{name}/plots -->", "kind one of reader, sweep"),
+    ("<!-- table:nowhere/reader -->\n<!-- /table:nowhere/reader -->", "nowhere/environment.json"),
+    ("<!-- table:{name}/reader -->\nno end", "no closing <!-- /table:"),
+    ("<!-- table:{name}/step -->\n<!-- /table:{name}/step -->", "no step rows"),
+])
+def test_bad_markers_are_one_line_errors(tmp_path, marker, message):
+    name = _published_folder(tmp_path / "results" / "published")
+    readme = tmp_path / "README.md"
+    readme.write_text(marker.format(name=name) + "\n")
+    result = _report_cli("--readme", str(readme))
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_committed_readme_is_generated_from_the_committed_results(tmp_path):
+    copy = tmp_path / "README.md"
+    shutil.copy(REPO_ROOT / "README.md", copy)
+    result = _report_cli("--readme", str(copy), "--check", "--published", str(PUBLISHED))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("folder", sorted(path.name for path in PUBLISHED.glob("*/"))
+                         if PUBLISHED.exists() else [])
+def test_each_published_folder_describes_itself(folder, monkeypatch):
+    info = json.loads((PUBLISHED / folder / "environment.json").read_text())
+    rows = [json.loads(line) for line in (PUBLISHED / folder / "results.jsonl").read_text()
+            .splitlines()]
+    assert rows and info["commands"]
+    machine = info["environment"]
+    # <cpu_slug>-<YYYY-MM-DD>-<what>, the slug and date those of the machine that measured it
+    monkeypatch.setattr(env, "_cpu_model", lambda: machine["cpu_model"])
+    monkeypatch.setattr(env, "_usable_cores", lambda: machine["cpu_count_affinity"])
+    assert folder.startswith(f"{env.cpu_slug()}-{machine['time_utc'][:10]}-")
+    for row in rows:
+        assert row["environment"]["cpu_model"] == machine["cpu_model"]
+        assert row.get("command", info["commands"][-1]) in info["commands"]
