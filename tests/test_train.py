@@ -12,6 +12,9 @@ import pytest
 import tensorflow as tf
 
 from flowers_tl import synth
+from flowers_tl.results import check_step_row
+
+pytestmark = pytest.mark.e2e  # every test here trains, in a subprocess but the last
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,15 +75,22 @@ def test_tiny_run_learns_logs_checkpoints_and_exports(easy_data, tmp_path):
     epochs = metrics(url, "epoch")
     assert len(epochs) == 16 and max(row["train_accuracy"] for row in epochs) >= 0.9, epochs
     steps = metrics(url, "step")
-    assert all({"loss", "accuracy", "learning_rate"} <= set(row) for row in steps)
-    assert "images_per_sec" in steps[-1] and 0 <= steps[-1]["data_wait_fraction"] <= 1
+    for row in steps:  # the per-step schema the sweep reads (flowers_tl.results)
+        check_step_row(row)
+        assert row["images"] == 8 and 0 <= row["data_wait_seconds"] <= row["step_seconds"]
+    assert [row["step"] for row in steps] == list(range(1, len(steps) + 1))
+    assert [row["warmup"] for row in steps[:2]] == [True, False]
     target = metrics(url, "target")[0]
     assert target["split"] == "train" and target["seed"] == 0
     assert 0 < target["seconds_from_first_step"] < target["seconds_from_process_start"]
     result = json.load(open(url / "result.json"))
     assert result["stop_reason"] == "finished" and result["export"].endswith("export/1")
+    timed = [row for row in steps if not row["warmup"]]
+    assert result["images_per_sec"] == pytest.approx(
+        8 * len(timed) / sum(row["step_seconds"] for row in timed))
     config = json.load(open(url / "config.json"))
-    assert config["config"]["image_size"] == 32 and config["class_names"] == ["blue", "green", "red"]
+    assert config["config"]["reader"]["image_size"] == 32
+    assert config["class_names"] == ["blue", "green", "red"] and config["num_classes"] == 3
     loaded = tf.saved_model.load(str(url / "export" / "1"))
     assert set(loaded.signatures) >= {"serving_default", "predict_jpeg"}
     assert os.listdir(url / "tensorboard")
@@ -136,6 +146,21 @@ def test_static_loss_scale_overflow_stops_and_dynamic_trains_on(tiny_data, tmp_p
     rows = metrics(tmp_path / "dynamic", "step")
     assert rows[-1]["step"] == 6 and rows[-1]["skipped_steps"] >= 1  # starts at 2^15
     assert rows[-1]["loss_scale"] < 2 ** 15
+
+
+def test_on_resume_a_static_loss_scale_given_again_wins_over_the_checkpoints(tiny_data,
+                                                                           tmp_path):
+    url = tmp_path / "run"
+    common = ["--precision", "fp16", "--val_fraction", "0", "--checkpoint_every_steps", "1"]
+    code, output = run(train_command(tiny_data, url, *common, "--loss_scale", "128",
+                                     "--max_steps", "2"))
+    assert code == 0, output[-3000:]
+    code, output = run(train_command(tiny_data, url, *common, "--loss_scale", "256",
+                                     "--max_steps", "3"))
+    assert code == 0, output[-3000:]
+    assert "resumed from" in output
+    assert "loss scale: --loss_scale 256 replaces the checkpoint's 128" in output
+    assert [row["loss_scale"] for row in metrics(url, "step")] == [128.0, 128.0, 256.0]
 
 
 def wait_for_step(url, step, process, timeout=300):
