@@ -86,8 +86,10 @@ def _make_image(task: tuple[int, int, int, int, int, int | None, int | None]) ->
 
 
 def _write_set(out_dir: str, classes: int, per_class: int, seed: int, min_side: int | None,
-               max_side: int | None, class_offset: int, workers: int) -> list[tuple[str, int, int]]:
-    """Writes the tree; returns (kind, height, width) per image for the summary."""
+               max_side: int | None, class_offset: int, workers: int,
+               progress: bool = False) -> list[tuple[str, int, int]]:
+    """Writes the tree; returns (kind, height, width) per image for the summary. With
+    `progress`, a line on stderr every ~15 s with the time left."""
     if classes < 1 or per_class < 1 or class_offset < 0 or seed < 0 or workers < 1:
         raise ValueError(f"need classes, per_class, workers >= 1 and class_offset, seed >= 0; got "
                          f"classes={classes}, per_class={per_class}, workers={workers}, "
@@ -101,6 +103,7 @@ def _write_set(out_dir: str, classes: int, per_class: int, seed: int, min_side: 
     tasks = [(seed, class_offset, classes, position, index, min_side, max_side)
              for position in range(classes) for index in range(per_class)]
     records = []
+    started = last_said = time.time()
     with contextlib.ExitStack() as stack:
         if workers > 1:
             # spawn, not fork: callers may already run TensorFlow threads, which fork can deadlock.
@@ -115,6 +118,11 @@ def _write_set(out_dir: str, classes: int, per_class: int, seed: int, min_side: 
             with open(os.path.join(folder, f"{names[position]}_{index:05d}.jpg"), "wb") as handle:
                 handle.write(data)
             records.append((kind, height, width))
+            if progress and time.time() - last_said >= 15:
+                last_said = time.time()
+                left = (last_said - started) / len(records) * (len(tasks) - len(records))
+                print(f"[synth] {out_dir}: {len(records)}/{len(tasks)} images, about "
+                      f"{left:.0f} s left", file=sys.stderr, flush=True)
     with open(os.path.join(out_dir, "LICENSE.txt"), "w", encoding="utf-8") as handle:
         handle.write(
             "All images in this folder are synthetic: drawn by flowers_tl.synth "
@@ -127,11 +135,12 @@ def _write_set(out_dir: str, classes: int, per_class: int, seed: int, min_side: 
 
 def generate(out_dir: str | os.PathLike[str], classes: int = 5, per_class: int = DEFAULT_PER_CLASS,
              seed: int = 0, min_side: int | None = None, max_side: int | None = None,
-             class_offset: int = 0, workers: int = 1) -> str:
+             class_offset: int = 0, workers: int = 1, progress: bool = False) -> str:
     """Writes the set into ``out_dir`` (must be missing or empty); returns its absolute path.
     ``workers`` > 1 renders in that many processes; the bytes are the same either way."""
     out_dir = os.path.abspath(os.fspath(out_dir))
-    _write_set(out_dir, classes, per_class, seed, min_side, max_side, class_offset, workers)
+    _write_set(out_dir, classes, per_class, seed, min_side, max_side, class_offset, workers,
+               progress)
     return out_dir
 
 
@@ -160,8 +169,10 @@ def default_dataset(cache_dir: str | None = None, classes: int = 5, per_class: i
     os.makedirs(cache_dir, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=cache_dir)
     try:
+        print(f"[synth] generating {classes} x {per_class} photos once into {final}",
+              file=sys.stderr, flush=True)
         generate(temporary, classes, per_class, seed, min_side, max_side, class_offset,
-                 workers or os.cpu_count() or 1)
+                 workers or os.cpu_count() or 1, progress=True)
         os.rename(temporary, final)
     except OSError:
         if not os.path.isdir(final):
