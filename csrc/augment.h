@@ -7,10 +7,14 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 #include "jpeg_decode.h"
 
 namespace flowers {
+
+// "Not set": fails every range check (every comparison with NaN is false).
+inline constexpr double kUnset = std::numeric_limits<double>::quiet_NaN();
 
 class SplitMix64 {
  public:
@@ -34,10 +38,14 @@ class SplitMix64 {
 // Mixes several words into one seed (each step is a SplitMix64 finaliser).
 uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0, uint64_t d = 0);
 
+// The crop geometry has no default here: its one home is flowers_tl/geometry.py (shared with
+// the tf.data pipeline and the SavedModel export), and the Python side always sets it. Unset
+// (NaN / 0) values are refused by check_image_options(), so a caller that forgets them gets an
+// error instead of a second, silently different recipe.
 struct CropOptions {
-  double area_min = 0.08, area_max = 1.0;       // fraction of the image area
-  double aspect_min = 3.0 / 4, aspect_max = 4.0 / 3;  // width / height
-  int max_attempts = 10;
+  double area_min = kUnset, area_max = kUnset;      // fraction of the image area
+  double aspect_min = kUnset, aspect_max = kUnset;  // width / height
+  int max_attempts = 0;                             // tries before the centre-crop fallback
 };
 
 // Random-resized-crop as in the Inception / torchvision recipe: up to max_attempts tries of a

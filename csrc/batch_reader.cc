@@ -85,17 +85,11 @@ BatchReader::BatchReader(std::vector<std::string> paths, std::vector<int32_t> la
                                              std::to_string(labels_.size()) + ")");
   check(paths_.size() < static_cast<size_t>(INT32_MAX), "too many files");
   check(o.batch_size > 0, "batch_size must be positive");
-  check(o.image.image_size > 0, "image_size must be positive");
   check(o.num_threads > 0, "num_threads must be positive");
   check(o.prefetch > 0, "prefetch must be positive");
   check(o.num_shards > 0 && o.shard_index >= 0 && o.shard_index < o.num_shards,
         "shard_index must be in [0, num_shards)");
-  check(o.image.crop.area_min > 0 && o.image.crop.area_min <= o.image.crop.area_max &&
-            o.image.crop.area_max <= 1.0,
-        "area range must satisfy 0 < min <= max <= 1");
-  check(o.image.crop.aspect_min > 0 && o.image.crop.aspect_min <= o.image.crop.aspect_max,
-        "aspect range must satisfy 0 < min <= max");
-  check(o.image.eval_resize_ratio >= 1.0, "eval_resize_ratio must be >= 1");
+  check_image_options(o.image);
 
   const int64_t total = static_cast<int64_t>(paths_.size());
   const int64_t shard_count = (total - o.shard_index + o.num_shards - 1) / o.num_shards;

@@ -34,6 +34,10 @@
 
 namespace flowers {
 
+// Where the defaults live: here, in the C++ structs, for everything but the preprocessing
+// geometry (crop ranges, eval resize ratio: flowers_tl/geometry.py, see CropOptions).
+// flowers_tl.reader.ReaderConfig reads its defaults from a default-constructed
+// _reader.ReaderOptions(), so a default changed here is changed for Python too.
 struct ReaderOptions {
   int batch_size = 32;
   int num_threads = 1;

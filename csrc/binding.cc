@@ -1,10 +1,14 @@
 /* The only file that knows about Python: pybind11 bindings of the C++ reader as the private
- * module flowers_tl._reader. Blocking calls run without the GIL; batches reach numpy without a
- * copy (the array's base owns a reference to the C++ buffer). */
+ * module flowers_tl._reader. The C++ option structs (ReaderOptions, ImageOptions, CropOptions,
+ * DecoderOptions) are bound once, as keyword-constructed classes, and every entry point takes
+ * them instead of positional flag lists. Blocking calls run without the GIL; batches reach numpy
+ * without a copy (the array's base owns a reference to the C++ buffer). */
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <jpeglib.h>
 
@@ -42,32 +46,169 @@ std::pair<const uint8_t*, size_t> view_bytes(const py::buffer& data) {
   return {static_cast<const uint8_t*>(info.ptr), static_cast<size_t>(info.size * info.itemsize)};
 }
 
-DecoderOptions make_decoder_options(uint64_t max_pixels, unsigned allowed_scales, bool fast_idct,
-                                    bool fancy_upsampling) {
-  DecoderOptions options;
-  options.max_pixels = max_pixels;
-  options.allowed_scales = allowed_scales;
-  options.fast_idct = fast_idct;
-  options.fancy_upsampling = fancy_upsampling;
-  return options;
+// Registers an options struct as a Python class: def_readwrite fields, keyword-only
+// construction that refuses a misnamed option or a wrongly typed value (TypeError naming it),
+// and __repr__ / __eq__ over the fields. No defaults are written here: a default-constructed
+// struct supplies them (see batch_reader.h for where each one lives).
+template <typename T>
+class OptionsClass {
+ public:
+  OptionsClass(py::module_& m, const char* name, const char* doc)
+      : class_(m, name, doc), name_(name) {}
+
+  template <typename Member>
+  OptionsClass& field(const char* name, Member T::*member, const char* doc) {
+    class_.def_readwrite(name, member, doc);
+    fields_.push_back(name);
+    return *this;
+  }
+
+  template <typename Getter, typename Setter>
+  OptionsClass& property(const char* name, Getter getter, Setter setter, const char* doc) {
+    class_.def_property(name, getter, setter, doc);
+    fields_.push_back(name);
+    return *this;
+  }
+
+  py::class_<T>& finish() {
+    const std::vector<std::string> fields = fields_;
+    const std::string type_name = name_;
+    class_.attr("_fields") = py::tuple(py::cast(fields));
+    class_.def(py::init([fields, type_name](const py::kwargs& kwargs) {
+      T options;
+      py::object view = py::cast(&options, py::return_value_policy::reference);
+      for (auto item : kwargs) {
+        const std::string key = py::str(item.first);
+        if (std::find(fields.begin(), fields.end(), key) == fields.end())
+          throw py::type_error(type_name + ": unknown option '" + key + "' (options: " +
+                               join(fields) + ")");
+        try {
+          py::setattr(view, item.first, item.second);
+        } catch (py::error_already_set& error) {
+          if (!error.matches(PyExc_TypeError)) throw;
+          const py::handle expected = py::type::handle_of(view.attr(item.first));
+          throw py::type_error(type_name + ": " + key + "=" + repr(item.second) +
+                               " has the wrong type: expected " +
+                               std::string(py::str(expected.attr("__name__"))) + ", got " +
+                               std::string(py::str(py::type::handle_of(item.second).attr("__name__"))));
+        }
+      }
+      return options;
+    }), "Keyword arguments only, one per field; the others keep their defaults.");
+    class_.def("__repr__", [fields, type_name](py::handle self) {
+      std::string out = type_name + "(";
+      for (size_t i = 0; i < fields.size(); ++i)
+        out += (i ? ", " : "") + fields[i] + "=" + repr(self.attr(fields[i].c_str()));
+      return out + ")";
+    });
+    class_.def("__eq__", [fields](py::handle self, py::handle other) {
+      if (!py::isinstance<T>(other)) return false;
+      for (const std::string& field : fields) {
+        py::object a = self.attr(field.c_str()), b = other.attr(field.c_str());
+        if (a.equal(b)) continue;
+        // Two unset (NaN) values are the same setting.
+        const bool both_nan = py::isinstance<py::float_>(a) && py::isinstance<py::float_>(b) &&
+                              std::isnan(a.cast<double>()) && std::isnan(b.cast<double>());
+        if (!both_nan) return false;
+      }
+      return true;
+    }, py::is_operator());
+    class_.attr("__hash__") = py::none();  // mutable
+    return class_;
+  }
+
+ private:
+  static std::string repr(py::handle value) { return py::repr(value); }
+  static std::string join(const std::vector<std::string>& names) {
+    std::string out;
+    for (const std::string& name : names) out += (out.empty() ? "" : ", ") + name;
+    return out;
+  }
+
+  py::class_<T> class_;
+  std::string name_;
+  std::vector<std::string> fields_;
+};
+
+std::string layout_name(Layout layout) { return layout == Layout::kHWC ? "NHWC" : "NCHW"; }
+
+std::vector<int> dct_scales_of(unsigned mask) {
+  std::vector<int> scales;
+  for (int m = 1; m <= 8; ++m)
+    if (mask & (1u << (m - 1))) scales.push_back(m);
+  return scales;
 }
 
-ImageOptions make_image_options(int image_size, bool training, std::pair<double, double> area_range,
-                                std::pair<double, double> aspect_range, bool random_flip,
-                                double eval_resize_ratio, bool use_dct_scaling,
-                                const std::string& layout) {
-  ImageOptions options;
-  options.image_size = image_size;
-  options.training = training;
-  options.crop.area_min = area_range.first;
-  options.crop.area_max = area_range.second;
-  options.crop.aspect_min = aspect_range.first;
-  options.crop.aspect_max = aspect_range.second;
-  options.random_flip = random_flip;
-  options.eval_resize_ratio = eval_resize_ratio;
-  options.use_dct_scaling = use_dct_scaling;
-  options.layout = parse_layout(layout);
-  return options;
+unsigned dct_scale_mask(const std::vector<int>& scales) {
+  unsigned mask = 0;
+  for (int m : scales) {
+    if (m < 1 || m > 8) mask = 0x100u;  // marks the list as bad
+    mask |= 1u << (std::clamp(m, 1, 8) - 1);
+  }
+  if (scales.empty() || mask > 0xFFu) {
+    std::string listed;
+    for (int m : scales) listed += (listed.empty() ? "" : ", ") + std::to_string(m);
+    throw std::invalid_argument("dct_scales must be a non-empty subset of 1..8, got [" + listed +
+                                "]");
+  }
+  return mask;
+}
+
+void bind_options(py::module_& m) {
+  OptionsClass<DecoderOptions>(m, "DecoderOptions", "How libjpeg decodes (see jpeg_decode.h).")
+      .field("max_pixels", &DecoderOptions::max_pixels,
+             "headers claiming more pixels are refused before any allocation")
+      .field("max_scans", &DecoderOptions::max_scans, "files with more scans are refused")
+      .property("dct_scales",
+                [](const DecoderOptions& o) { return dct_scales_of(o.allowed_scales); },
+                [](DecoderOptions& o, const std::vector<int>& scales) {
+                  o.allowed_scales = dct_scale_mask(scales);
+                },
+                "allowed M of the DCT scale M/8 (a list of 1..8)")
+      .field("fast_idct", &DecoderOptions::fast_idct, "JDCT_IFAST instead of JDCT_ISLOW")
+      .field("fancy_upsampling", &DecoderOptions::fancy_upsampling,
+             "smooth chroma upsampling; False: libjpeg's merged upsampler")
+      .finish();
+
+  OptionsClass<CropOptions>(m, "CropOptions",
+                            "Random-resized-crop ranges (unset: flowers_tl.geometry sets them).")
+      .field("area_min", &CropOptions::area_min, "fraction of the image area")
+      .field("area_max", &CropOptions::area_max, "fraction of the image area")
+      .field("aspect_min", &CropOptions::aspect_min, "width / height")
+      .field("aspect_max", &CropOptions::aspect_max, "width / height")
+      .field("max_attempts", &CropOptions::max_attempts, "tries before the centre-crop fallback")
+      .finish();
+
+  OptionsClass<ImageOptions>(m, "ImageOptions", "One image's crop, resize and layout.")
+      .field("image_size", &ImageOptions::image_size, "output side in pixels")
+      .field("training", &ImageOptions::training, "random crop and flip; False: centre crop")
+      .field("crop", &ImageOptions::crop, "CropOptions (training)")
+      .field("random_flip", &ImageOptions::random_flip, "mirror half the training crops")
+      .field("eval_resize_ratio", &ImageOptions::eval_resize_ratio,
+             "eval: shorter side to round(image_size * this), then the centre crop")
+      .field("use_dct_scaling", &ImageOptions::use_dct_scaling,
+             "decode at the smallest allowed DCT scale that covers the output")
+      .property("layout", [](const ImageOptions& o) { return layout_name(o.layout); },
+                [](ImageOptions& o, const std::string& layout) { o.layout = parse_layout(layout); },
+                "'NHWC' or 'NCHW'")
+      .finish();
+
+  OptionsClass<ReaderOptions>(m, "ReaderOptions", "Everything a BatchReader does (batch_reader.h).")
+      .field("batch_size", &ReaderOptions::batch_size, "images per batch")
+      .field("num_threads", &ReaderOptions::num_threads, "decode threads")
+      .field("shuffle", &ReaderOptions::shuffle, "a new seeded file order every epoch")
+      .field("seed", &ReaderOptions::seed, "fixes the order, the crops and the flips")
+      .field("prefetch", &ReaderOptions::prefetch, "batches decoded ahead of the consumer")
+      .field("shard_index", &ReaderOptions::shard_index, "this worker's shard")
+      .field("num_shards", &ReaderOptions::num_shards, "shards the file list is dealt into")
+      .field("drop_remainder", &ReaderOptions::drop_remainder, "full batches only")
+      .field("num_epochs", &ReaderOptions::num_epochs, "< 0: repeat forever")
+      .field("start_batch", &ReaderOptions::start_batch, "first batch of the stream (resume)")
+      .field("skip_bad_files", &ReaderOptions::skip_bad_files,
+             "record bad files and go on; False: the first one stops the reader")
+      .field("decoder", &ReaderOptions::decoder, "DecoderOptions")
+      .field("image", &ReaderOptions::image, "ImageOptions")
+      .finish();
 }
 
 py::dict stats_dict(const ReaderStats& stats) {
@@ -141,12 +282,15 @@ PYBIND11_MODULE(_reader, m) {
     return info;
   });
 
-  m.def("jpeg_info", [](const py::buffer& data, uint64_t max_pixels) {
+  bind_options(m);
+
+  m.def("jpeg_info", [](const py::buffer& data, const DecoderOptions& decoder_options) {
     auto [ptr, size] = view_bytes(data);
+    const DecoderOptions options = decoder_options;  // a copy: read without the GIL
     JpegInfo info;
     {
       py::gil_scoped_release release;
-      JpegDecoder decoder(make_decoder_options(max_pixels, 0xFFu, false, true));
+      JpegDecoder decoder(options);
       info = decoder.read_info(ptr, size);
     }
     py::dict out;
@@ -156,136 +300,101 @@ PYBIND11_MODULE(_reader, m) {
     out["color_space"] = info.color_space;
     out["progressive"] = info.progressive;
     return out;
-  }, py::arg("data"), py::arg("max_pixels") = 100000000ull);
+  }, py::arg("data"), py::arg("decoder_options") = DecoderOptions());
 
-  m.def("decode_jpeg", [](const py::buffer& data, uint64_t max_pixels, bool fast_idct,
-                          bool fancy_upsampling) {
+  m.def("decode_jpeg", [](const py::buffer& data, const DecoderOptions& decoder_options) {
     auto [ptr, size] = view_bytes(data);
+    const DecoderOptions options = decoder_options;
     DecodedRegion region;
     {
       py::gil_scoped_release release;
-      JpegDecoder decoder(make_decoder_options(max_pixels, 0xFFu, fast_idct, fancy_upsampling));
+      JpegDecoder decoder(options);
       decoder.decode(ptr, size, &region);
     }
     // A full decode has no crop: the rows are packed (stride == width * 3, offset 0).
     return owning_array(std::move(region.pixels), {region.height, region.width, 3});
-  }, py::arg("data"), py::arg("max_pixels") = 100000000ull, py::arg("fast_idct") = false,
-     py::arg("fancy_upsampling") = true);
+  }, py::arg("data"), py::arg("decoder_options") = DecoderOptions());
 
+  // The ROI path on its own, for tests: decode the part of the image that covers `box` (x, y,
+  // w, h in source pixels) and resample it to out_width x out_height. image_options supplies
+  // use_dct_scaling and layout only.
   m.def("decode_crop_resize", [](const py::buffer& data, std::tuple<double, double, double, double> box,
-                                 int out_width, int out_height, bool flip, bool use_dct_scaling,
-                                 const std::string& layout, unsigned allowed_scales,
-                                 uint64_t max_pixels, bool fast_idct, bool fancy_upsampling) {
+                                 int out_width, int out_height, bool flip,
+                                 const ImageOptions& image_options,
+                                 const DecoderOptions& decoder_options) {
     if (out_width <= 0 || out_height <= 0) throw std::invalid_argument("output size must be positive");
     auto [ptr, size] = view_bytes(data);
-    const Layout out_layout = parse_layout(layout);
+    const ImageOptions image = image_options;
+    const DecoderOptions decoder = decoder_options;
     CropBox crop{std::get<0>(box), std::get<1>(box), std::get<2>(box), std::get<3>(box)};
     std::vector<uint8_t> pixels(static_cast<size_t>(out_width) * out_height * 3);
     int scale = 8;
     {
       py::gil_scoped_release release;
-      WorkerContext context(
-          make_decoder_options(max_pixels, allowed_scales, fast_idct, fancy_upsampling));
+      WorkerContext context(decoder);
       const JpegInfo info = context.decoder.read_info(ptr, size);
       if (crop.width <= 0 || crop.height <= 0 || crop.x < 0 || crop.y < 0 ||
           crop.x + crop.width > info.width || crop.y + crop.height > info.height)
         throw std::invalid_argument("box must lie inside the " + std::to_string(info.width) + "x" +
                                     std::to_string(info.height) + " image");
-      context.decoder.decode_region(crop, out_width, out_height, use_dct_scaling, &context.region);
+      context.decoder.decode_region(crop, out_width, out_height, image.use_dct_scaling,
+                                    &context.region);
       const DecodedRegion& region = context.region;
       scale = region.scale_num;
       resize_rgb(region.data(), region.width, region.height, region.stride, region.box, out_width,
-                 out_height, flip, out_layout, pixels.data(), &context.scratch);
+                 out_height, flip, image.layout, pixels.data(), &context.scratch);
     }
-    return py::make_tuple(owning_array(std::move(pixels), image_shape(out_height, out_width, out_layout)),
+    return py::make_tuple(owning_array(std::move(pixels), image_shape(out_height, out_width, image.layout)),
                           scale);
   }, py::arg("data"), py::arg("box"), py::arg("out_width"), py::arg("out_height"),
-     py::arg("flip") = false, py::arg("use_dct_scaling") = true, py::arg("layout") = "NHWC",
-     py::arg("allowed_scales") = 0xFFu, py::arg("max_pixels") = 100000000ull,
-     py::arg("fast_idct") = false, py::arg("fancy_upsampling") = true);
+     py::arg("flip"), py::arg("image_options"), py::arg("decoder_options"),
+     "(pixels, DCT scale M of M/8 used)");
 
-  m.def("augment", [](const py::buffer& data, int image_size, bool training, uint64_t seed,
-                      std::pair<double, double> area_range, std::pair<double, double> aspect_range,
-                      bool random_flip, double eval_resize_ratio, bool use_dct_scaling,
-                      const std::string& layout, unsigned allowed_scales, uint64_t max_pixels,
-                      bool fast_idct, bool fancy_upsampling) {
-    if (image_size <= 0) throw std::invalid_argument("image_size must be positive");
+  m.def("augment", [](const py::buffer& data, const ImageOptions& image_options,
+                      const DecoderOptions& decoder_options, uint64_t seed) {
+    const ImageOptions options = image_options;
+    const DecoderOptions decoder = decoder_options;
+    check_image_options(options);
     auto [ptr, size] = view_bytes(data);
-    const ImageOptions options = make_image_options(image_size, training, area_range, aspect_range,
-                                                    random_flip, eval_resize_ratio,
-                                                    use_dct_scaling, layout);
-    std::vector<uint8_t> pixels(static_cast<size_t>(image_size) * image_size * 3);
+    std::vector<uint8_t> pixels(static_cast<size_t>(options.image_size) * options.image_size * 3);
     {
       py::gil_scoped_release release;
-      WorkerContext context(
-          make_decoder_options(max_pixels, allowed_scales, fast_idct, fancy_upsampling));
+      WorkerContext context(decoder);
       augment_image(ptr, size, options, seed, &context, pixels.data());
     }
-    return owning_array(std::move(pixels), image_shape(image_size, image_size, options.layout));
-  }, py::arg("data"), py::arg("image_size"), py::arg("training") = true, py::arg("seed") = 0,
-     py::arg("area_range") = std::make_pair(0.08, 1.0),
-     py::arg("aspect_range") = std::make_pair(3.0 / 4, 4.0 / 3), py::arg("random_flip") = true,
-     py::arg("eval_resize_ratio") = 256.0 / 224.0, py::arg("use_dct_scaling") = true,
-     py::arg("layout") = "NHWC", py::arg("allowed_scales") = 0xFFu,
-     py::arg("max_pixels") = 100000000ull, py::arg("fast_idct") = false,
-     py::arg("fancy_upsampling") = true);
+    return owning_array(std::move(pixels),
+                        image_shape(options.image_size, options.image_size, options.layout));
+  }, py::arg("data"), py::arg("image_options"), py::arg("decoder_options"), py::arg("seed"),
+     "One image through a reader worker's decode-and-augment step; seed fixes crop and flip");
 
   m.def("random_resized_crop", [](int width, int height, uint64_t seed,
-                                  std::pair<double, double> area_range,
-                                  std::pair<double, double> aspect_range) {
-    CropOptions options;
-    options.area_min = area_range.first;
-    options.area_max = area_range.second;
-    options.aspect_min = aspect_range.first;
-    options.aspect_max = aspect_range.second;
+                                  const CropOptions& crop_options) {
+    ImageOptions image;
+    image.crop = crop_options;
+    image.eval_resize_ratio = 1.0;  // not used here; only the crop ranges are checked
+    check_image_options(image);
     SplitMix64 rng(seed);
-    const CropBox box = random_resized_crop(width, height, options, &rng);
+    const CropBox box = random_resized_crop(width, height, crop_options, &rng);
     return py::make_tuple(box.x, box.y, box.width, box.height);
-  }, py::arg("width"), py::arg("height"), py::arg("seed"),
-     py::arg("area_range") = std::make_pair(0.08, 1.0),
-     py::arg("aspect_range") = std::make_pair(3.0 / 4, 4.0 / 3),
+  }, py::arg("width"), py::arg("height"), py::arg("seed"), py::arg("crop_options"),
      "The training crop box (x, y, w, h) the reader draws for an image seed (for tests)");
 
-  m.def("choose_dct_scale", &choose_dct_scale, py::arg("box_width"), py::arg("box_height"),
-        py::arg("min_width"), py::arg("min_height"), py::arg("allowed_scales") = 0xFFu);
+  m.def("choose_dct_scale", [](double box_width, double box_height, int min_width, int min_height,
+                               const DecoderOptions& decoder_options) {
+    return choose_dct_scale(box_width, box_height, min_width, min_height,
+                            decoder_options.allowed_scales);
+  }, py::arg("box_width"), py::arg("box_height"), py::arg("min_width"), py::arg("min_height"),
+     py::arg("decoder_options") = DecoderOptions());
 
   py::class_<BatchReader>(m, "BatchReader")
-      .def(py::init([](std::vector<std::string> paths, std::vector<int32_t> labels, int batch_size,
-                       int image_size, bool training, bool shuffle, int num_threads,
-                       const std::string& layout, uint64_t seed, int prefetch, int shard_index,
-                       int num_shards, bool drop_remainder, int64_t num_epochs, int64_t start_batch,
-                       std::pair<double, double> area_range, std::pair<double, double> aspect_range,
-                       bool random_flip, double eval_resize_ratio, bool use_dct_scaling,
-                       unsigned allowed_scales, uint64_t max_pixels, bool fast_idct,
-                       bool fancy_upsampling, bool skip_bad_files) {
-             ReaderOptions options;
-             options.batch_size = batch_size;
-             options.num_threads = num_threads;
-             options.shuffle = shuffle;
-             options.seed = seed;
-             options.prefetch = prefetch;
-             options.shard_index = shard_index;
-             options.num_shards = num_shards;
-             options.drop_remainder = drop_remainder;
-             options.num_epochs = num_epochs;
-             options.start_batch = start_batch;
-             options.skip_bad_files = skip_bad_files;
-             options.decoder =
-                 make_decoder_options(max_pixels, allowed_scales, fast_idct, fancy_upsampling);
-             options.image = make_image_options(image_size, training, area_range, aspect_range,
-                                                random_flip, eval_resize_ratio, use_dct_scaling,
-                                                layout);
+      .def(py::init([](std::vector<std::string> paths, std::vector<int32_t> labels,
+                       const ReaderOptions& options) {
+             ReaderOptions copy = options;
              py::gil_scoped_release release;  // starting threads
-             return std::make_unique<BatchReader>(std::move(paths), std::move(labels), options);
+             return std::make_unique<BatchReader>(std::move(paths), std::move(labels),
+                                                  std::move(copy));
            }),
-           py::arg("paths"), py::arg("labels"), py::arg("batch_size"), py::arg("image_size"),
-           py::arg("training"), py::arg("shuffle"), py::arg("num_threads"), py::arg("layout"),
-           py::arg("seed"), py::arg("prefetch"), py::arg("shard_index"), py::arg("num_shards"),
-           py::arg("drop_remainder"), py::arg("num_epochs"), py::arg("start_batch"),
-           py::arg("area_range"),
-           py::arg("aspect_range"), py::arg("random_flip"), py::arg("eval_resize_ratio"),
-           py::arg("use_dct_scaling"), py::arg("allowed_scales"), py::arg("max_pixels"),
-           py::arg("fast_idct"), py::arg("fancy_upsampling"), py::arg("skip_bad_files"))
+           py::arg("paths"), py::arg("labels"), py::arg("options"))
       .def("next", &next_batch, py::arg("slice_ms") = 50,
            "(images, labels, epoch, step) or None at the end of the stream")
       .def("close", &BatchReader::close, py::call_guard<py::gil_scoped_release>())

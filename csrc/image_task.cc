@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 
 namespace flowers {
 
@@ -43,6 +44,24 @@ void read_file(const std::string& path, std::vector<uint8_t>* bytes) {
     done += static_cast<size_t>(got);
   }
   bytes->resize(done);
+}
+
+void check_image_options(const ImageOptions& options) {
+  auto check = [](bool condition, const std::string& message) {
+    if (!condition) throw std::invalid_argument(message);
+  };
+  const CropOptions& crop = options.crop;
+  check(options.image_size > 0, "image_size must be positive");
+  check(crop.area_min > 0 && crop.area_min <= crop.area_max && crop.area_max <= 1.0,
+        "area range must satisfy 0 < min <= max <= 1 (got " + std::to_string(crop.area_min) +
+            ".." + std::to_string(crop.area_max) + "; flowers_tl.geometry has the recipe's)");
+  check(crop.aspect_min > 0 && crop.aspect_min <= crop.aspect_max,
+        "aspect range must satisfy 0 < min <= max (got " + std::to_string(crop.aspect_min) +
+            ".." + std::to_string(crop.aspect_max) + "; flowers_tl.geometry has the recipe's)");
+  check(crop.max_attempts >= 1, "crop max_attempts must be >= 1");
+  check(options.eval_resize_ratio >= 1.0,
+        "eval_resize_ratio must be >= 1 (got " + std::to_string(options.eval_resize_ratio) +
+            "; flowers_tl.geometry has the recipe's)");
 }
 
 void augment_image(const uint8_t* data, size_t size, const ImageOptions& options,

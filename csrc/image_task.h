@@ -13,15 +13,22 @@
 
 namespace flowers {
 
+// Defaults here are the reader's defaults (flowers_tl.reader.ReaderConfig reads them from a
+// default-constructed _reader.ImageOptions); the geometry (crop ranges, eval resize ratio) is
+// unset, see CropOptions.
 struct ImageOptions {
   int image_size = 224;
   bool training = true;
   CropOptions crop;
   bool random_flip = true;
-  double eval_resize_ratio = 256.0 / 224.0;  // eval: shorter side to image_size * this, centre crop
+  // Eval: shorter side to round(image_size * this) (half away from zero), then the centre crop.
+  double eval_resize_ratio = kUnset;
   bool use_dct_scaling = true;
   Layout layout = Layout::kHWC;
 };
+
+// std::invalid_argument naming the first bad field (the geometry included: unset is bad).
+void check_image_options(const ImageOptions& options);
 
 // What one worker thread owns; reused for every image it handles.
 struct WorkerContext {

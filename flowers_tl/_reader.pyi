@@ -1,5 +1,10 @@
-"""Type stub of the private C++ module; use flowers_tl.reader."""
-from typing import Any
+"""Type stub of the private C++ module; use flowers_tl.reader.
+
+The option classes are constructed by keyword only (an unknown name or a wrongly typed value is
+a TypeError naming it); fields not given keep the C++ defaults, except the crop geometry and
+eval_resize_ratio, which are unset (NaN / 0) until set from flowers_tl.geometry.
+"""
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -7,38 +12,76 @@ from typing_extensions import Buffer
 
 class DecodeError(ValueError): ...
 
+class DecoderOptions:
+    _fields: ClassVar[tuple[str, ...]]
+    max_pixels: int
+    max_scans: int
+    dct_scales: list[int]
+    fast_idct: bool
+    fancy_upsampling: bool
+    def __init__(self, *, max_pixels: int = ..., max_scans: int = ..., dct_scales: list[int] = ...,
+                 fast_idct: bool = ..., fancy_upsampling: bool = ...) -> None: ...
+
+class CropOptions:
+    _fields: ClassVar[tuple[str, ...]]
+    area_min: float
+    area_max: float
+    aspect_min: float
+    aspect_max: float
+    max_attempts: int
+    def __init__(self, *, area_min: float = ..., area_max: float = ..., aspect_min: float = ...,
+                 aspect_max: float = ..., max_attempts: int = ...) -> None: ...
+
+class ImageOptions:
+    _fields: ClassVar[tuple[str, ...]]
+    image_size: int
+    training: bool
+    crop: CropOptions
+    random_flip: bool
+    eval_resize_ratio: float
+    use_dct_scaling: bool
+    layout: str
+    def __init__(self, *, image_size: int = ..., training: bool = ..., crop: CropOptions = ...,
+                 random_flip: bool = ..., eval_resize_ratio: float = ...,
+                 use_dct_scaling: bool = ..., layout: str = ...) -> None: ...
+
+class ReaderOptions:
+    _fields: ClassVar[tuple[str, ...]]
+    batch_size: int
+    num_threads: int
+    shuffle: bool
+    seed: int
+    prefetch: int
+    shard_index: int
+    num_shards: int
+    drop_remainder: bool
+    num_epochs: int
+    start_batch: int
+    skip_bad_files: bool
+    decoder: DecoderOptions
+    image: ImageOptions
+    def __init__(self, *, batch_size: int = ..., num_threads: int = ..., shuffle: bool = ...,
+                 seed: int = ..., prefetch: int = ..., shard_index: int = ...,
+                 num_shards: int = ..., drop_remainder: bool = ..., num_epochs: int = ...,
+                 start_batch: int = ..., skip_bad_files: bool = ...,
+                 decoder: DecoderOptions = ..., image: ImageOptions = ...) -> None: ...
+
 def build_info() -> dict[str, Any]: ...
-def jpeg_info(data: Buffer, max_pixels: int = ...) -> dict[str, Any]: ...
-def decode_jpeg(data: Buffer, max_pixels: int = ..., fast_idct: bool = ...,
-                fancy_upsampling: bool = ...) -> npt.NDArray[np.uint8]: ...
+def jpeg_info(data: Buffer, decoder_options: DecoderOptions = ...) -> dict[str, Any]: ...
+def decode_jpeg(data: Buffer, decoder_options: DecoderOptions = ...) -> npt.NDArray[np.uint8]: ...
 def decode_crop_resize(
     data: Buffer, box: tuple[float, float, float, float], out_width: int, out_height: int,
-    flip: bool = ..., use_dct_scaling: bool = ..., layout: str = ..., allowed_scales: int = ...,
-    max_pixels: int = ..., fast_idct: bool = ..., fancy_upsampling: bool = ...,
+    flip: bool, image_options: ImageOptions, decoder_options: DecoderOptions,
 ) -> tuple[npt.NDArray[np.uint8], int]: ...
-def augment(
-    data: Buffer, image_size: int, training: bool = ..., seed: int = ...,
-    area_range: tuple[float, float] = ..., aspect_range: tuple[float, float] = ...,
-    random_flip: bool = ..., eval_resize_ratio: float = ..., use_dct_scaling: bool = ...,
-    layout: str = ..., allowed_scales: int = ..., max_pixels: int = ..., fast_idct: bool = ...,
-    fancy_upsampling: bool = ...,
-) -> npt.NDArray[np.uint8]: ...
-def random_resized_crop(
-    width: int, height: int, seed: int, area_range: tuple[float, float] = ...,
-    aspect_range: tuple[float, float] = ...,
-) -> tuple[float, float, float, float]: ...
+def augment(data: Buffer, image_options: ImageOptions, decoder_options: DecoderOptions,
+            seed: int) -> npt.NDArray[np.uint8]: ...
+def random_resized_crop(width: int, height: int, seed: int,
+                        crop_options: CropOptions) -> tuple[float, float, float, float]: ...
 def choose_dct_scale(box_width: float, box_height: float, min_width: int, min_height: int,
-                     allowed_scales: int = ...) -> int: ...
+                     decoder_options: DecoderOptions = ...) -> int: ...
 
 class BatchReader:
-    def __init__(
-        self, paths: list[str], labels: list[int], batch_size: int, image_size: int,
-        training: bool, shuffle: bool, num_threads: int, layout: str, seed: int, prefetch: int,
-        shard_index: int, num_shards: int, drop_remainder: bool, num_epochs: int, start_batch: int,
-        area_range: tuple[float, float], aspect_range: tuple[float, float], random_flip: bool,
-        eval_resize_ratio: float, use_dct_scaling: bool, allowed_scales: int, max_pixels: int,
-        fast_idct: bool, fancy_upsampling: bool, skip_bad_files: bool,
-    ) -> None: ...
+    def __init__(self, paths: list[str], labels: list[int], options: ReaderOptions) -> None: ...
     def next(self, slice_ms: int = ...) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32], int, int] | None: ...
     def close(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from flowers_tl import _reader
+from flowers_tl import _reader, geometry
 
 DecodeError = _reader.DecodeError
 
@@ -39,36 +39,41 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+# Where the defaults live: the C++ structs (csrc/batch_reader.h, image_task.h, jpeg_decode.h)
+# carry the reader's, read here from a default-constructed options object; the preprocessing
+# geometry (crop ranges, eval resize ratio) lives in flowers_tl.geometry, which the C++ side
+# leaves unset. A None default below is resolved by ReaderConfig.resolved(), not a second value.
+_DEFAULTS = _reader.ReaderOptions()
+
+
 @dataclass(frozen=True)
 class ReaderConfig:
     """Everything that decides what a Reader produces; saved with every result that used it."""
 
     batch_size: int
-    image_size: int = 224
-    training: bool = True
+    image_size: int = _DEFAULTS.image.image_size
+    training: bool = _DEFAULTS.image.training
     shuffle: bool | None = None  # None: shuffle when training
     num_threads: int | None = None  # None: available_cores()
-    layout: str = "NHWC"
-    seed: int = 0
+    layout: str = _DEFAULTS.image.layout
+    seed: int = _DEFAULTS.seed
     prefetch: int | None = None  # batches decoded ahead; None: enough to keep every thread busy
-    shard_index: int = 0
-    num_shards: int = 1
-    drop_remainder: bool = False
+    shard_index: int = _DEFAULTS.shard_index
+    num_shards: int = _DEFAULTS.num_shards
+    drop_remainder: bool = _DEFAULTS.drop_remainder
     num_epochs: int | None = None  # None: repeat forever
-    start_batch: int = 0  # resume: the stream starts at this batch (earlier ones not decoded)
-    area_range: tuple[float, float] = (0.08, 1.0)
-    aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
-    random_flip: bool = True
-    eval_resize_ratio: float = 256 / 224  # eval: shorter side to image_size * this, centre crop
-    use_dct_scaling: bool = True
-    # Allowed M of the DCT scale M/8. libjpeg-turbo has SIMD IDCTs for 1/8, 1/4, 1/2 and 1 only;
-    # 3/8, 5/8, 6/8 and 7/8 run scalar code (for 4:2:0 chroma at up to 14x14) that costs more
-    # than the smaller resize saves: 5.9M vs 7.7M instructions per flowers-like image (callgrind).
-    dct_scales: tuple[int, ...] = (1, 2, 4, 8)
-    fast_idct: bool = False  # libjpeg JDCT_IFAST (tf.image.decode_jpeg's default), not ISLOW
-    fancy_upsampling: bool = True  # smooth chroma upsampling; False: merged upsampler, ~7% faster
-    max_pixels: int = 100_000_000  # headers claiming more are refused before allocation
-    skip_bad_files: bool = True
+    start_batch: int = _DEFAULTS.start_batch  # resume: the stream starts at this batch
+    area_range: tuple[float, float] = geometry.TRAIN_AREA_RANGE
+    aspect_range: tuple[float, float] = geometry.TRAIN_ASPECT_RANGE
+    random_flip: bool = _DEFAULTS.image.random_flip
+    eval_resize_ratio: float = geometry.EVAL_RESIZE_RATIO
+    use_dct_scaling: bool = _DEFAULTS.image.use_dct_scaling
+    # Allowed M of the DCT scale M/8 (why these: DecoderOptions::allowed_scales in jpeg_decode.h).
+    dct_scales: tuple[int, ...] = tuple(_DEFAULTS.decoder.dct_scales)
+    fast_idct: bool = _DEFAULTS.decoder.fast_idct  # JDCT_IFAST (tf's default), not ISLOW
+    fancy_upsampling: bool = _DEFAULTS.decoder.fancy_upsampling  # False: merged, ~7% faster
+    max_pixels: int = _DEFAULTS.decoder.max_pixels  # larger headers refused before allocation
+    skip_bad_files: bool = _DEFAULTS.skip_bad_files
 
     def resolved(self) -> "ReaderConfig":
         """Fills the None defaults and checks every field, naming the bad one."""
@@ -90,11 +95,41 @@ class ReaderConfig:
         config._check()
         return config
 
+    def to_options(self) -> "_reader.ReaderOptions":
+        """The C++ options this (resolved) config stands for; every field goes across by name."""
+        if self.num_threads is None or self.prefetch is None or self.shuffle is None:
+            raise ValueError("Reader: to_options() needs a resolved() config")
+        crop = _reader.CropOptions(
+            area_min=self.area_range[0], area_max=self.area_range[1],
+            aspect_min=self.aspect_range[0], aspect_max=self.aspect_range[1],
+            max_attempts=geometry.TRAIN_CROP_MAX_ATTEMPTS)
+        image = _reader.ImageOptions(
+            image_size=self.image_size, training=self.training, crop=crop,
+            random_flip=self.random_flip, eval_resize_ratio=self.eval_resize_ratio,
+            use_dct_scaling=self.use_dct_scaling, layout=self.layout)
+        decoder = _reader.DecoderOptions(
+            max_pixels=self.max_pixels, dct_scales=list(self.dct_scales),
+            fast_idct=self.fast_idct, fancy_upsampling=self.fancy_upsampling)
+        return _reader.ReaderOptions(
+            batch_size=self.batch_size, num_threads=self.num_threads, shuffle=self.shuffle,
+            seed=self.seed, prefetch=self.prefetch, shard_index=self.shard_index,
+            num_shards=self.num_shards, drop_remainder=self.drop_remainder,
+            num_epochs=-1 if self.num_epochs is None else self.num_epochs,
+            start_batch=self.start_batch, skip_bad_files=self.skip_bad_files,
+            decoder=decoder, image=image)
+
     def _check(self) -> None:
         def need(condition: bool, field: str, rule: str) -> None:
             if not condition:
                 raise ValueError(f"Reader: {field}={getattr(self, field)!r}: {rule}")
 
+        for field in dataclasses.fields(self):  # bool is an int: check it before the numbers
+            value = getattr(self, field.name)
+            if field.type in ("bool", "bool | None") and value is not None:
+                need(isinstance(value, bool), field.name, "must be True or False")
+            elif field.type in ("int", "int | None") and value is not None:
+                need(isinstance(value, int) and not isinstance(value, bool), field.name,
+                     "must be an integer")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
         need(self.image_size >= 1, "image_size", "must be >= 1")
         need(self.num_threads >= 1, "num_threads", "must be >= 1")
@@ -127,40 +162,25 @@ class ReaderSummary:
     consumer_wait_seconds: float
 
 
-def _scale_mask(scales: Sequence[int]) -> int:
-    return sum(1 << (m - 1) for m in scales)
-
-
 class Reader:
     """Iterator over (images, labels) batches: uint8 [B, H, W, 3] (or [B, 3, H, W] with
     layout="NCHW") and int32 [B]. An epoch's last batch is smaller unless drop_remainder.
 
     The arrays reference the C++ batch buffer (no copy); the buffer is recycled only once both
-    arrays are gone, so holding on to a batch is safe. Any ReaderConfig field is a keyword.
+    arrays are gone, so holding on to a batch is safe. Any ReaderConfig field is a keyword
+    (image_size, training, num_threads, layout, seed, ...); an unknown one is a TypeError.
     """
 
     def __init__(self, files: Sequence[str | os.PathLike], labels: Sequence[int], batch_size: int,
-                 image_size: int = 224, training: bool = True, num_threads: int | None = None,
-                 layout: str = "NHWC", seed: int = 0, **options):
-        unknown = set(options) - {f.name for f in dataclasses.fields(ReaderConfig)}
-        if unknown:
-            raise TypeError(f"Reader: unknown option(s) {sorted(unknown)}")
-        self.config = ReaderConfig(batch_size=batch_size, image_size=image_size, training=training,
-                                   num_threads=num_threads, layout=layout, seed=seed,
-                                   **options).resolved()
+                 **options):
+        self.config = _config(batch_size=batch_size, **options).resolved()
         paths = [os.fspath(f) for f in files]
         label_list = [int(v) for v in labels]
         if not paths:
             raise ValueError("Reader: files is empty")
         if len(paths) != len(label_list):
             raise ValueError(f"Reader: {len(paths)} files but {len(label_list)} labels")
-        c = self.config
-        self._reader = _reader.BatchReader(
-            paths, label_list, c.batch_size, c.image_size, c.training, c.shuffle, c.num_threads,
-            c.layout, c.seed, c.prefetch, c.shard_index, c.num_shards, c.drop_remainder,
-            -1 if c.num_epochs is None else c.num_epochs, c.start_batch, c.area_range, c.aspect_range,
-            c.random_flip, c.eval_resize_ratio, c.use_dct_scaling, _scale_mask(c.dct_scales),
-            c.max_pixels, c.fast_idct, c.fancy_upsampling, c.skip_bad_files)
+        self._reader = _reader.BatchReader(paths, label_list, self.config.to_options())
         self.epoch = 0  # epoch and step of the last batch returned
         self.step = -1
 
@@ -221,27 +241,31 @@ class Reader:
                               tf.TensorSpec((None,), tf.int32)))
 
 
-def decode_jpeg(data: bytes, max_pixels: int = 100_000_000, fast_idct: bool = False,
-                fancy_upsampling: bool = True) -> np.ndarray:
-    """Full decode of encoded JPEG bytes to RGB uint8 [H, W, 3] (grayscale and CMYK included)."""
-    return _reader.decode_jpeg(data, max_pixels, fast_idct, fancy_upsampling)
+def _config(**options) -> ReaderConfig:
+    unknown = set(options) - {f.name for f in dataclasses.fields(ReaderConfig)}
+    if unknown:
+        raise TypeError(f"Reader: unknown option(s) {sorted(unknown)}")
+    return ReaderConfig(**options)
 
 
-def jpeg_info(data: bytes, max_pixels: int = 100_000_000) -> dict:
+def decode_jpeg(data: bytes, **decoder_options) -> np.ndarray:
+    """Full decode of encoded JPEG bytes to RGB uint8 [H, W, 3] (grayscale and CMYK included).
+    decoder_options: fields of _reader.DecoderOptions (max_pixels, fast_idct, ...)."""
+    return _reader.decode_jpeg(data, _reader.DecoderOptions(**decoder_options))
+
+
+def jpeg_info(data: bytes, **decoder_options) -> dict:
     """Header facts: width, height, components, color_space, progressive."""
-    return _reader.jpeg_info(data, max_pixels)
+    return _reader.jpeg_info(data, _reader.DecoderOptions(**decoder_options))
 
 
-def augment(data: bytes, image_size: int, training: bool = True, seed: int = 0,
-            layout: str = "NHWC", **options) -> np.ndarray:
+def augment(data: bytes, image_size: int, seed: int = 0, **options) -> np.ndarray:
     """One image through the reader's exact decode-and-augment path (crop and flip fixed by
-    `seed`); for tests, benchmarks and debugging."""
-    config = ReaderConfig(batch_size=1, image_size=image_size, training=training, layout=layout,
-                          seed=seed, num_threads=1, **options).resolved()
-    return _reader.augment(data, image_size, training, seed, config.area_range,
-                           config.aspect_range, config.random_flip, config.eval_resize_ratio,
-                           config.use_dct_scaling, layout, _scale_mask(config.dct_scales),
-                           config.max_pixels, config.fast_idct, config.fancy_upsampling)
+    `seed`); for tests, benchmarks and debugging. options: any ReaderConfig field."""
+    config = _config(batch_size=1, image_size=image_size, seed=seed, num_threads=1,
+                     **options).resolved()
+    reader_options = config.to_options()
+    return _reader.augment(data, reader_options.image, reader_options.decoder, seed)
 
 
 build_info = _reader.build_info

@@ -11,7 +11,17 @@ import pytest
 from PIL import Image
 
 from conftest import encode_jpeg, reference_decode, smooth_rgb
-from flowers_tl import _reader, reader
+from flowers_tl import _reader, geometry, reader
+
+ALL_SCALES = _reader.DecoderOptions(dct_scales=list(range(1, 9)))
+RECIPE_CROP = reader.ReaderConfig(batch_size=1).resolved().to_options().image.crop
+
+
+def crop_resize(data, box, width, height, flip=False, use_dct_scaling=True):
+    """The ROI decode with every DCT scale allowed, so the reduced scales are all exercised."""
+    return _reader.decode_crop_resize(data, box, width, height, flip,
+                                      _reader.ImageOptions(use_dct_scaling=use_dct_scaling),
+                                      ALL_SCALES)
 
 KINDS = ("420", "444", "progressive", "gray", "cmyk")
 
@@ -58,8 +68,7 @@ def test_roi_decode_matches_full_decode_crop_resize(use_dct_scaling):
     for index in range(24):
         data, box, size = random_case(rng, index)
         expected = pil_crop_resize(reference_decode(data), box, size).astype(int)
-        ours, scale = _reader.decode_crop_resize(data, box, size[0], size[1],
-                                                 use_dct_scaling=use_dct_scaling)
+        ours, scale = crop_resize(data, box, size[0], size[1], use_dct_scaling=use_dct_scaling)
         scales.add(scale)
         error = np.abs(ours.astype(int) - expected)
         # Without DCT scaling only arithmetic differs (±2). With it, libjpeg's reduced IDCT
@@ -79,7 +88,7 @@ def test_dct_scaled_decode_on_detailed_content_stays_close():
     noisy = (rng.random((480, 640, 3)) * 255).astype(np.uint8)
     data = encode_jpeg(noisy, quality=95, kind="444")
     expected = pil_crop_resize(reference_decode(data), (40, 30, 560, 420), (96, 72)).astype(int)
-    ours, scale = _reader.decode_crop_resize(data, (40, 30, 560, 420), 96, 72)
+    ours, scale = crop_resize(data, (40, 30, 560, 420), 96, 72)
     assert scale == 2
     assert np.abs(ours.astype(int) - expected).mean() <= 3.0
 
@@ -90,8 +99,7 @@ def test_shrinking_does_not_alias():
     board = (np.indices((512, 512)).sum(0) % 2 * 255).astype(np.uint8)
     data = encode_jpeg(np.repeat(board[..., None], 3, -1), quality=100, kind="444")
     for use_dct_scaling in (False, True):
-        ours, _ = _reader.decode_crop_resize(data, (0, 0, 512, 512), 64, 64,
-                                             use_dct_scaling=use_dct_scaling)
+        ours, _ = crop_resize(data, (0, 0, 512, 512), 64, 64, use_dct_scaling=use_dct_scaling)
         assert abs(ours.mean() - 127.5) < 6 and ours.std() < 6
 
 
@@ -99,17 +107,18 @@ def test_shrinking_does_not_alias():
     (224, 224, 8), (448, 448, 4), (1792, 1792, 1), (300, 224, 8), (300, 600, 6), (2000, 250, 8),
 ])
 def test_dct_scale_is_smallest_that_covers_output(box_width, box_height, expected):
-    scale = _reader.choose_dct_scale(box_width, box_height, 224, 224)
+    scale = _reader.choose_dct_scale(box_width, box_height, 224, 224, ALL_SCALES)
     assert scale == expected
     if scale < 8:
         assert box_width * scale / 8 >= 224 and box_height * scale / 8 >= 224
 
 
 def test_eval_center_crop_matches_resize_then_crop():
-    # 56 px output: the shorter side goes to round(56 * 256 / 224) = 64. The image sizes are
+    # 56 px output: the shorter side goes to round(56 * 256 / 224) = 64 (geometry's ratio). The image sizes are
     # chosen so the resized size and the centre offsets are whole pixels in the reference too
     # (otherwise it rounds the crop by half a pixel and the comparison measures that rounding).
-    size, resize_size = 56, 64
+    size, resize_size = 56, geometry.eval_resize_size(56)
+    assert resize_size == 64
     for index, (height, width) in enumerate([(128, 200), (64, 90), (48, 72), (200, 128)]):
         data = encode_jpeg(smooth_rgb(height, width, seed=10 + index), kind="444")
         scale = resize_size / min(height, width)
@@ -153,15 +162,18 @@ def test_flip_mirrors_the_crop():
 def test_random_crops_respect_area_and_aspect():
     areas, aspects = [], []
     for seed in range(2000):
-        x, y, w, h = _reader.random_resized_crop(400, 300, seed)
+        x, y, w, h = _reader.random_resized_crop(400, 300, seed, RECIPE_CROP)
         assert 0 <= x and 0 <= y and x + w <= 400 and y + h <= 300 and w >= 1 and h >= 1
         areas.append(w * h / (400 * 300))
         aspects.append(w / h)
     # Rounding the box to whole pixels moves area and aspect a little past the bounds.
-    assert 0.08 * 0.95 <= min(areas) < 0.15 and max(areas) > 0.9
-    assert 3 / 4 * 0.97 <= min(aspects) < 0.8 and 1.25 < max(aspects) <= 4 / 3 * 1.03
+    (area_min, _), (aspect_min, aspect_max) = geometry.TRAIN_AREA_RANGE, geometry.TRAIN_ASPECT_RANGE
+    assert area_min * 0.95 <= min(areas) < 0.15 and max(areas) > 0.9
+    assert aspect_min * 0.97 <= min(aspects) < 0.8 and 1.25 < max(aspects) <= aspect_max * 1.03
     # A strip far outside the aspect range falls back to a centred crop of allowed aspect.
-    x, y, w, h = _reader.random_resized_crop(1000, 10, 0, (0.9, 1.0))
+    strip_crop = _reader.CropOptions(area_min=0.9, area_max=1.0, aspect_min=RECIPE_CROP.aspect_min,
+                                     aspect_max=RECIPE_CROP.aspect_max, max_attempts=10)
+    x, y, w, h = _reader.random_resized_crop(1000, 10, 0, strip_crop)
     assert (w, h) == (13, 10) and x == (1000 - 13) // 2
 
 
