@@ -19,7 +19,9 @@ Publishing: the SavedModel is written into a hidden temporary folder inside the 
 the highest integer folder. A rename is atomic, so a polling server never sees a partial model,
 and it is also how a version number is claimed: renaming onto an existing non-empty folder fails,
 so of two exports racing for N one gets N and the other retries with N+1. A failed export removes
-its temporary folder and never touches an existing version.
+its temporary folder and never touches an existing version; a killed one cannot, so every export
+first removes the temporary folders of exports that are certainly gone (see
+_remove_stale_temp_dirs).
 """
 from __future__ import annotations
 
@@ -31,21 +33,28 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from flowers_tl import geometry
 from flowers_tl.checkpoint import restore_pretrained
 from flowers_tl.model import ModelConfig, ResNet50
-from flowers_tl.tfdata import EVAL_RESIZE_RATIO, resize_shorter_and_center_crop
 
 # What every export is, whatever the training run used.
-SERVING_CONFIG = dict(data_format="NHWC", precision="fp32", fused_batch_norm=True, xla=False)
+SERVING_CONFIG = dict(data_format="NHWC", precision="fp32", batch_norm_fused=True, xla=False)
 TEMP_PREFIX = ".tmp-export-"
+# A temporary folder whose export is gone is removed by the next export. "Gone": its process
+# (the pid in its name, on this host) no longer exists, or, for a folder another host wrote (a
+# shared file system) or a pid since reused, untouched for this long; a live export writes and
+# verifies in minutes.
+STALE_TEMP_SECONDS = 6 * 3600
 # Exported graph vs the fp32 training model (any layout, XLA or not) on the same images: the
 # same arithmetic, only summation order differs. Relative to the logit scale, max(1, max |logit|).
 # An fp16/bf16 training model computes a different, rounded function (on random or off-
@@ -61,7 +70,8 @@ class ExportError(RuntimeError):
 # ---------------------------------------------------------------------------- serving graph
 def serving_model_from(model: ResNet50) -> ResNet50:
     """A fresh fp32 NHWC inference-layout copy of `model` (same variant, classes and weights)."""
-    serving = ResNet50(dataclasses.replace(model.config, **SERVING_CONFIG))
+    serving = ResNet50(dataclasses.replace(model.config, **SERVING_CONFIG), model.num_classes,
+                       model.seed)
     source, target = model.variables_by_name, serving.variables_by_name
     if set(source) != set(target):
         raise ExportError(f"training and serving models differ in variables: "
@@ -76,17 +86,29 @@ def serving_model_from(model: ResNet50) -> ResNet50:
 
 
 def eval_preprocess(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Decoded RGB uint8 [H, W, 3] -> float32 [S, S, 3] holding uint8 values: shorter side
-    resized to round(S * 256/224) (antialiased bilinear), central S x S crop, rounded to uint8
-    as the reader emits them.
+    """Decoded RGB uint8 [H, W, 3] -> float32 [S, S, 3] holding uint8 values: the C++ reader's
+    eval geometry (flowers_tl.geometry): the central box that "shorter side to
+    eval_resize_size(S), then the centre S x S" reads, in fractional source pixels, resampled in
+    one pass with the antialiased triangle filter (ScaleAndTranslate, what tf.image.resize uses
+    for antialias=True), rounded to uint8 as the reader emits them.
 
-    Not bit-identical to the C++ reader's eval crop, which may decode at a reduced DCT scale and
-    resamples a fractional crop box straight from the source where this resizes to whole pixels
-    and then crops. Expected tolerance, measured on flowers-sized photos (333x500 to 768x1024)
-    at 224: mean |diff| under 0.5 grey level, max 3 (tests/test_export.py checks mean < 1,
-    max <= 6). It grows to a few levels mean (max ~25) when a photo is barely larger than the
-    crop, where rounding the resized size moves the crop by up to half a source pixel."""
-    crop = resize_shorter_and_center_crop(image, image_size, antialias=True)
+    Resizing to whole pixels and then cropping (tf.data's way, and this function's until
+    issue 10) shifts the crop by up to half a source pixel: up to 112 grey levels against the
+    reader on sharp edges (synthetic flowers at 224, mean 1.8). This way the pixels match the
+    reader's within 1 level (float rounding; tests/test_export.py), DCT-scaled decodes of large
+    photos included on smooth content (768x1024 at 224, scale 1/2: mean 0.04)."""
+    height = tf.cast(tf.shape(image)[0], tf.float32)
+    width = tf.cast(tf.shape(image)[1], tf.float32)
+    # As csrc/augment.cc center_crop(): source pixels per output pixel, box clipped to the image.
+    scale = float(geometry.eval_resize_size(image_size)) / tf.minimum(height, width)
+    side_x = tf.minimum(image_size / scale, width)
+    side_y = tf.minimum(image_size / scale, height)
+    scale_yx = tf.stack([image_size / side_y, image_size / side_x])
+    # Output pixel edge 0 lands on the box's left / top edge.
+    translation = -tf.stack([(height - side_y) / 2, (width - side_x) / 2]) * scale_yx
+    crop = tf.raw_ops.ScaleAndTranslate(
+        images=tf.cast(image, tf.float32)[None], size=[image_size, image_size], scale=scale_yx,
+        translation=translation, kernel_type="triangle", antialias=True)[0]
     crop = tf.round(tf.clip_by_value(crop, 0.0, 255.0))
     return tf.ensure_shape(crop, [image_size, image_size, 3])
 
@@ -154,6 +176,51 @@ def _publish(temp_dir: str, export_root: str, max_attempts: int = 1000) -> str:
     raise ExportError(f"no free version folder in {export_root} after {max_attempts} attempts")
 
 
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _temp_dir_name() -> str:
+    return f"{TEMP_PREFIX}{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temp_dirs(export_root: str, now: float | None = None) -> list[str]:
+    """Removes the temporary folders of exports that were killed; returns what it removed.
+    A folder is stale when it was written on this host by a process that no longer exists, or
+    has not been modified for STALE_TEMP_SECONDS (another host's, or a reused pid). A running
+    export's folder is neither, so two concurrent exports never remove each other's."""
+    now = time.time() if now is None else now
+    removed = []
+    for entry in os.scandir(export_root):
+        if not entry.name.startswith(TEMP_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        # <prefix><host>-<pid>-<hex>; the host tag has no "-".
+        host, _, rest = entry.name[len(TEMP_PREFIX):].partition("-")
+        pid_text = rest.partition("-")[0]
+        dead = host == _host_tag() and pid_text.isdigit() and not _process_exists(int(pid_text))
+        try:
+            idle = now - entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:  # another export removed it just now
+            continue
+        if dead or idle > STALE_TEMP_SECONDS:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    if removed:
+        print(f"export: removed {len(removed)} temporary folder(s) of killed exports: "
+              f"{', '.join(os.path.basename(path) for path in removed)}", file=sys.stderr)
+    return removed
+
+
 def _check_class_names(class_names: Sequence[str], num_classes: int) -> list[str]:
     names = [str(name) for name in class_names]
     if len(names) != num_classes:
@@ -170,14 +237,15 @@ def export_saved_model(model: ResNet50, export_root: str, class_names: Sequence[
     """Writes `model` as a SavedModel into export_root/<N>/ (N: one more than the highest
     integer folder) and returns that folder. verify=True loads it in a fresh process and checks
     both signatures against this process's logits before it is published."""
-    names = _check_class_names(class_names, model.config.num_classes)
+    names = _check_class_names(class_names, model.num_classes)
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     export_root = os.fspath(export_root)
     os.makedirs(export_root, exist_ok=True)
     # Not tempfile.mkdtemp: its 0700 folder, once renamed, would be unreadable to a server
     # running as another user. os.mkdir honours the umask like every other folder.
-    temp_dir = os.path.join(export_root, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+    _remove_stale_temp_dirs(export_root)
+    temp_dir = os.path.join(export_root, _temp_dir_name())
     os.mkdir(temp_dir)
     try:
         with tempfile.TemporaryDirectory(prefix="flowers-export-") as scratch:
@@ -189,8 +257,9 @@ def export_saved_model(model: ResNet50, export_root: str, class_names: Sequence[
             with open(info_path, "w", encoding="utf-8") as handle:
                 json.dump({"training_config": dataclasses.asdict(model.config),
                            "serving_config": dataclasses.asdict(serving.config),
+                           "num_classes": model.num_classes,
                            "image_size": image_size, "class_names": names,
-                           "eval_resize_ratio": EVAL_RESIZE_RATIO,
+                           "eval_resize_ratio": geometry.EVAL_RESIZE_RATIO,
                            "tensorflow": tf.__version__}, handle, indent=1)
             module = _ServingModule(serving, names, image_size, labels_path, info_path)
             try:
@@ -350,7 +419,9 @@ def export_from_train_url(train_url: str, verify: bool = True) -> str:
         raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
     # The weights are the same in every layout and precision, so they go straight into the
     # serving layout: an NCHW (non-XLA) run from a GPU exports on a CPU-only machine.
-    model = ResNet50(dataclasses.replace(ModelConfig(**config["model"]), **SERVING_CONFIG))
+    num_classes = int(config.get("num_classes", len(config["class_names"])))
+    model = ResNet50(dataclasses.replace(ModelConfig(**config["model"]), **SERVING_CONFIG),
+                     num_classes)
     report = restore_pretrained(model, checkpoint_dir, exclude_patterns=())
     print(report.summary(), file=sys.stderr)
     return export_saved_model(model, os.path.join(train_url, "export"), config["class_names"],

@@ -6,8 +6,12 @@ so that it is as fast as tf.data gets at a given thread count:
   training: shuffle the file list every epoch -> read_file -> extract_jpeg_shape ->
             sample_distorted_bounding_box -> decode_and_crop_jpeg (decodes only the crop window)
             -> bilinear resize to image_size x image_size -> random left-right flip -> uint8
-  eval:     decode the whole image -> resize the shorter side to image_size * 256 / 224 ->
-            central image_size x image_size crop -> uint8
+  eval:     decode the whole image -> resize the shorter side to eval_resize_size(image_size)
+            -> central image_size x image_size crop -> uint8
+
+The crop ranges and the eval resize come from flowers_tl.geometry, shared with the C++ reader
+and the SavedModel export; the IDCT and the resize filter are the recipes' own (fast IDCT, no
+antialiasing), and geometry.py says how far that puts these pixels from the reader's.
 
 Both yield (uint8 images [B, image_size, image_size, 3], int32 labels [B]).
 
@@ -25,8 +29,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-# The eval resize-then-centre-crop ratio every ImageNet recipe uses (resize to 256, crop 224).
-EVAL_RESIZE_RATIO = 256 / 224
+from flowers_tl import geometry
 
 
 def make_dataset(
@@ -37,8 +40,8 @@ def make_dataset(
     training: bool = True,
     num_threads: int | None = None,
     seed: int = 0,
-    area_range: tuple[float, float] = (0.08, 1.0),
-    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+    area_range: tuple[float, float] = geometry.TRAIN_AREA_RANGE,
+    aspect_range: tuple[float, float] = geometry.TRAIN_ASPECT_RANGE,
     drop_remainder: bool = False,
     repeat: bool = True,
 ) -> tf.data.Dataset:
@@ -112,7 +115,7 @@ def _train_example(path, label, index, seed, image_size, area_range, aspect_rang
         min_object_covered=0.0,
         aspect_ratio_range=list(aspect_range),
         area_range=list(area_range),
-        max_attempts=10,
+        max_attempts=geometry.TRAIN_CROP_MAX_ATTEMPTS,
         use_image_if_no_bounding_boxes=True,
     )
     offset_y, offset_x, _ = tf.unstack(begin)
@@ -135,11 +138,12 @@ def _eval_image(path, image_size):
 
 
 def resize_shorter_and_center_crop(image, image_size: int, antialias: bool):
-    """Evaluation geometry: shorter side to round(image_size * 256/224), central square crop.
-    Float [image_size, image_size, 3]; shared with the SavedModel's JPEG signature."""
+    """Evaluation geometry as the recipes write it: shorter side to
+    geometry.eval_resize_size(image_size) in whole pixels, then the central square crop (which
+    may sit half a source pixel off the exact centre). Float [image_size, image_size, 3]."""
     height = tf.cast(tf.shape(image)[0], tf.float32)
     width = tf.cast(tf.shape(image)[1], tf.float32)
-    shorter_target = float(round(image_size * EVAL_RESIZE_RATIO))
+    shorter_target = float(geometry.eval_resize_size(image_size))
     scale = shorter_target / tf.minimum(height, width)
     # Round, and never below the target, so the central crop always fits.
     new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), int(shorter_target))

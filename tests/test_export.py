@@ -3,8 +3,8 @@ concurrent exports, the train_url entry point and its CLI.
 
 Tolerances: exported logits vs the model in this process max |diff| <= 1e-4 * max(1, max |logit|)
 (fp32 both sides, same kernels: only summation order differs); against an fp16 training model
-1e-2 of the logit scale (fp16 rounds every activation); the eval crop vs the C++ reader's: see
-flowers_tl.export.eval_preprocess.
+1e-2 of the logit scale (fp16 rounds every activation); the eval crop vs the C++ reader's: max 1
+grey level (float rounding; flowers_tl.export.eval_preprocess).
 Models are tiny inputs (32 px) through the full ResNet-50 with 3 classes; BN statistics are
 calibrated so logits are O(1) and softmax is not one-hot. Only one test runs the fresh-process
 verification (two TF imports, ~20 s on 2 cores); the rest use verify=False.
@@ -145,6 +145,30 @@ def test_failed_export_leaves_no_folder_and_earlier_versions_alone(tmp_path, fp3
     assert (tmp_path / "1" / "saved_model.pb").read_text() == "model"
 
 
+def test_next_export_removes_only_the_temp_folders_of_killed_exports(tmp_path, fp32_model,
+                                                                    monkeypatch):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead_pid = int(finished.stdout)  # a process that has exited: its export was killed
+    with monkeypatch.context() as patch:
+        patch.setattr(export.os, "getpid", lambda: dead_pid)
+        killed = export._temp_dir_name()
+    running = export._temp_dir_name()  # this process, alive: an export being written now
+    other_host = f"{export.TEMP_PREFIX}otherhost-{dead_pid}-0123abcd"  # its pid says nothing here
+    other_host_old = f"{export.TEMP_PREFIX}otherhost-{dead_pid}-4567abcd"
+    for name in (killed, running, other_host, other_host_old):
+        (tmp_path / name / "variables").mkdir(parents=True)
+        (tmp_path / name / "saved_model.pb").write_bytes(b"half")
+    week_ago = os.stat(tmp_path / other_host_old).st_mtime - export.STALE_TEMP_SECONDS - 1
+    os.utime(tmp_path / other_host_old, (week_ago, week_ago))
+
+    version_dir = export_saved_model(fp32_model, str(tmp_path), CLASS_NAMES, IMAGE_SIZE,
+                                     verify=False)
+    assert version_dir == str(tmp_path / "1")
+    assert sorted(os.listdir(tmp_path)) == sorted(["1", running, other_host])
+    assert (tmp_path / running / "saved_model.pb").read_bytes() == b"half"
+
+
 # ---------------------------------------------------------------------------- signatures
 def test_round_trip_through_both_signatures(tmp_path, fp32_model):
     model = fp32_model
@@ -172,7 +196,8 @@ def test_round_trip_through_both_signatures(tmp_path, fp32_model):
     probabilities = outputs["probabilities"].numpy()
     classes = [name.decode() for name in outputs["classes"].numpy()]
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
-    assert probabilities.max() < 0.999  # calibrated model: a real distribution, not one-hot
+    # Calibrated model: real distributions, not one-hot (one photo of four may come close).
+    assert np.median(probabilities.max(-1)) < 0.99
     assert classes == [CLASS_NAMES[i] for i in outputs["logits"].numpy().argmax(-1)]
     preprocessed = tf.stack([decode_and_preprocess(jpeg, IMAGE_SIZE) for jpeg in jpegs])
     assert relative_error(outputs["logits"].numpy(),
@@ -186,16 +211,26 @@ def test_round_trip_through_both_signatures(tmp_path, fp32_model):
     assert info["image_size"] == IMAGE_SIZE and info["serving_config"]["data_format"] == "NHWC"
 
 
-def test_eval_crop_is_within_stated_tolerance_of_the_readers():
-    # flowers-sized photos at 224; the C++ reader decodes at a reduced DCT scale when it can.
-    for height, width, kind in ((333, 500, "420"), (768, 1024, "420"), (500, 375, "progressive")):
-        jpeg = encode_jpeg(smooth_rgb(height, width, height), kind=kind)
+def test_eval_crop_is_the_readers_within_one_level():
+    # Same IDCT, same fractional centre box, same triangle filter: only float rounding differs
+    # (a value near x.5 may round the other way), so max 1 level. The 768x1024 photo is decoded
+    # at DCT scale 1/2 by the reader (mean 0.04 on smooth content); the 230x240 one is barely
+    # larger than the crop, where resizing to whole pixels first put the crop half a pixel off.
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (37, 47, 3), dtype=np.uint8)
+    sharp = np.repeat(np.repeat(blocks, 7, 0), 7, 1)[:254, :326]  # edges every 7 px
+    cases = [(smooth_rgb(333, 500, 333), "420"), (smooth_rgb(768, 1024, 768), "420"),
+             (smooth_rgb(500, 375, 500), "progressive"), (smooth_rgb(230, 240, 230), "444"),
+             (sharp, "444")]
+    for image, kind in cases:
+        jpeg = encode_jpeg(image, quality=95, kind=kind)
         ours = decode_and_preprocess(jpeg, 224).numpy()
         reader = augment(jpeg, 224, training=False).astype(np.float32)
         difference = np.abs(ours - reader)
-        assert difference.mean() < 1.0 and difference.max() <= 6, (height, width)
+        assert difference.mean() < 0.1 and difference.max() <= 1, (image.shape, kind)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [dict(data_format="NCHW", xla=True), dict(precision="fp16")],
                          ids=["nchw-xla", "fp16"])
 def test_gpu_style_training_models_export_an_fp32_nhwc_graph(tmp_path, trained_values,
@@ -238,11 +273,13 @@ def train_url(tmp_path_factory, trained_values):
     manager.save()
     gpu_config = dataclasses.replace(model.config, data_format="NCHW", precision="fp16")
     (root / "config.json").write_text(json.dumps({
-        "model": dataclasses.asdict(gpu_config), "image_size": IMAGE_SIZE,
+        "model": dataclasses.asdict(gpu_config), "num_classes": len(CLASS_NAMES),
+        "image_size": IMAGE_SIZE,
         "class_names": CLASS_NAMES, "data_url": "/data/flower_photos", "num_gpus": 4}))
     return root
 
 
+@pytest.mark.e2e
 def test_two_cli_exports_started_together_get_different_versions(train_url, fp32_model):
     # One of them runs the fresh-process verification and the saved_model_cli check (the only
     # test that does: ~20 s), so the two do not reach the rename at the same moment; the race
@@ -273,7 +310,8 @@ def test_cli_gives_one_line_errors_naming_the_path(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "config.json" in error and str(tmp_path) in error
     (tmp_path / "config.json").write_text(json.dumps(
-        {"model": {"num_classes": 3}, "image_size": IMAGE_SIZE, "class_names": CLASS_NAMES}))
+        {"model": {"variant": "slim"}, "num_classes": 3, "image_size": IMAGE_SIZE,
+         "class_names": CLASS_NAMES}))
     assert main(["--train_url", str(tmp_path)]) != 0
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and error.startswith("error: no checkpoint in")
