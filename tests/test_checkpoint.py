@@ -31,6 +31,7 @@ def slim_checkpoints(tmp_path_factory):
     return made
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [224, 97])
 def test_slim_checkpoint_gives_slims_logits(slim_checkpoints, size):
     images, made = slim_checkpoints[size]
@@ -45,6 +46,7 @@ def test_slim_checkpoint_gives_slims_logits(slim_checkpoints, size):
     np.testing.assert_array_equal(ours.argmax(1), expected.argmax(1))
 
 
+@pytest.mark.slow
 def test_default_excludes_leave_the_new_logits_at_their_initial_values(slim_checkpoints):
     images, made = slim_checkpoints[224]
     model = resnet_v1_50(5, seed=3)
@@ -60,6 +62,7 @@ def test_default_excludes_leave_the_new_logits_at_their_initial_values(slim_chec
     assert "restored 265 of 267" in report.summary() and "mean_rgb" in report.summary()
 
 
+@pytest.mark.slow
 def test_wrong_shape_and_missing_names_are_listed_together(slim_checkpoints):
     _, made = slim_checkpoints[224]
     model = resnet_v1_50(5)

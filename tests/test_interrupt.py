@@ -166,6 +166,8 @@ def killed_three_times(data, tmp_path_factory):
     return url, records, code_output, watcher
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_three_kills_then_the_same_command_finishes_with_a_valid_export(killed_three_times):
     url, records, final, watcher = killed_three_times
     for index, record in enumerate(records):
@@ -209,6 +211,8 @@ def limit_file_size(max_bytes):
     return apply
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_full_disk_at_a_checkpoint_stops_in_one_line_and_keeps_the_earlier_ones(
         data, killed_three_times):
     # The finished run of the fixture, continued for two more steps with files capped at 16 MB
@@ -235,6 +239,8 @@ def test_full_disk_at_a_checkpoint_stops_in_one_line_and_keeps_the_earlier_ones(
     assert visible_state_problems(url) == []
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_full_disk_during_an_export_publishes_nothing_and_says_so(killed_three_times):
     url = killed_three_times[0]
     versions = sorted(os.listdir(url / "export"))

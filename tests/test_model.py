@@ -100,6 +100,7 @@ def test_nchw_without_xla_on_cpu_is_refused_when_built():
         resnet_v1_50(3, precision="fp8")
 
 
+@pytest.mark.slow
 def test_nchw_under_xla_equals_nhwc_forward_and_one_sgd_step():
     nhwc = calibrated()
     nchw = resnet_v1_50(3, seed=1, data_format="NCHW", xla=True)
@@ -115,6 +116,7 @@ def test_nchw_under_xla_equals_nhwc_forward_and_one_sgd_step():
     assert_same_update(before, nhwc, nchw, relative=1e-3)
 
 
+@pytest.mark.slow
 def test_fused_equals_unfused_batch_norm_in_inference_and_one_sgd_step():
     fused = calibrated()
     unfused = resnet_v1_50(3, seed=1, fused_batch_norm=False)
@@ -151,6 +153,7 @@ def test_frozen_batch_norm_trains_in_inference_mode():
         np.testing.assert_array_equal(model.variables_by_name[name].numpy(), value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, tolerance", [("fp16", 1e-2), ("bf16", 5e-2)])
 def test_mixed_precision_stays_close_to_fp32(precision, tolerance):
     # On the stable calibrated network fp16 (11-bit significand) and bf16 (8-bit) stay within
@@ -187,9 +190,16 @@ def test_zero_init_residual_starts_every_unit_as_its_shortcut(variant, suffix):
     model = resnet_v1_50(3, seed=1, variant=variant, zero_init_residual=True)
     zeros = [n for n, v in model.variables_by_name.items() if n.endswith("gamma") and not v.numpy().any()]
     assert len(zeros) == 16 and all(n.endswith(suffix) for n in zeros)  # one per unit
+    # gamma = 0 alone makes a branch a constant (its beta); beta = 0 too makes it nothing.
+    assert not any(model.variables_by_name[n[:-len("gamma")] + "beta"].numpy().any() for n in zeros)
     before = model(IMAGES).numpy()
     # The residual branches contribute nothing yet: changing their first convs changes nothing.
     for name, variable in model.variables_by_name.items():
         if name.endswith(("conv1/weights", "_1_conv/kernel")) and "block" in name:
             variable.assign(variable * 3.0)
     np.testing.assert_array_equal(model(IMAGES).numpy(), before)
+    # ...while the shortcut path does carry the signal (the output is not constant anyway).
+    shortcut = {"slim": "resnet_v1_50/block1/unit_1/bottleneck_v1/shortcut/weights",
+                "keras": "conv2_block1_0_conv/kernel"}[variant]
+    model.variables_by_name[shortcut].assign(model.variables_by_name[shortcut] * 3.0)
+    assert np.abs(model(IMAGES).numpy() - before).max() > 1e-3 * np.abs(before).max()

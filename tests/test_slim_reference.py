@@ -17,6 +17,8 @@ import tensorflow as tf  # noqa: E402
 import slim_reference  # noqa: E402
 from conftest import smooth_rgb  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 BLOCKS = ((3, 64), (4, 128), (6, 256), (3, 512))  # (units, bottleneck depth D)
 BN_LEAVES = ("beta", "gamma", "moving_mean", "moving_variance")
 

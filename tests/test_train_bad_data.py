@@ -1,0 +1,88 @@
+"""Training over salted data: a whole run over a set salted with every bad case completes and
+reports each bad file with its reason; evaluation gathers the bad validation files."""
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from flowers_tl import reader
+from flowers_tl.reader import DecodeError
+from hostile_data import CROP_DEPENDENT, ROOT, SALTED_BATCH, salted_folder, watchdog_for_fifos
+
+
+@pytest.mark.e2e
+def test_training_over_a_salted_set_completes_and_reports_the_bad_files(tmp_path):
+    # The run lists the folder itself, so the deleted-file case cannot be staged here (the
+    # Reader tests in test_bad_files.py cover it).
+    dataset, bad = salted_folder(tmp_path / "salted", deleted=False)
+    url = tmp_path / "run"
+    steps = len(dataset.files) // SALTED_BATCH  # one epoch: every file is read
+    timer, released = watchdog_for_fifos([p for p in bad if p.endswith("named_pipe.jpg")], 60)
+    result = subprocess.run(
+        [sys.executable, "-m", "flowers_tl.train", "--data_url", str(tmp_path / "salted"),
+         "--train_url", str(url), "--checkpoint_url", "none", "--image_size", "32",
+         "--batch_size", str(SALTED_BATCH), "--epochs", "1", "--val_fraction", "0", "--export", "false",
+         "--log_every", "1", "--warmup_steps", "1", "--lr_schedule", "1:0.001"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    timer.cancel()
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert not released.is_set()
+    summary = json.load(open(url / "result.json"))
+    assert summary["stop_reason"] == "finished" and summary["steps"] == steps
+    report = summary["input"]
+    assert report["bad_files"] == len(bad) and report["images_decoded"] >= steps * SALTED_BATCH - len(bad)
+    listed = dict(map(tuple, report["first_bad_files"]))
+    assert set(listed) == set(bad)
+    for path, pattern in bad.items():
+        assert re.search(pattern, listed[path]), (path, listed[path])
+    assert f"{len(bad)} bad file(s)" in output
+    for path in bad:
+        assert path in output
+
+
+def test_evaluation_reports_the_bad_validation_files(tmp_path):
+    """The validation half of the training report, in process: evaluate() over a salted set
+    gathers each skipped file with its reason, and input_report() merges them in."""
+    import tensorflow as tf
+
+    from flowers_tl import config as config_lib
+    from flowers_tl.train import evaluate, input_report
+
+    dataset, bad = salted_folder(tmp_path / "salted")
+    config = config_lib.with_overrides(config_lib.RunConfig(), {
+        "batch_size": SALTED_BATCH, "image_size": 32, "reader_threads": 2})
+    blue, red = dataset.class_names.index("blue"), dataset.class_names.index("red")
+    predicted = []
+
+    def predict_by_colour(images):
+        """An exact classifier of the two flat colours, whatever the crop."""
+        predicted.append(int(images.shape[0]))
+        mean = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2])
+        return tf.where(mean[:, 2] > mean[:, 0], blue, red)
+
+    bad_files = {}
+    accuracy = evaluate(predict_by_colour, dataset.files, dataset.labels, config, bad_files)
+    # The eval crop is fixed: a file fails here iff its crop, decoded alone, fails.
+    expected = set(bad)
+    for path in bad:
+        if any(path.endswith(f"bad_{case}.jpg") for case in CROP_DEPENDENT):
+            try:
+                reader.augment(open(path, "rb").read(), 32, training=False)
+                expected.discard(path)
+            except DecodeError:
+                pass
+    assert len(expected) >= len(bad) - len(CROP_DEPENDENT)
+    assert set(bad_files) == expected
+    for path in expected:
+        assert re.search(bad[path], bad_files[path]), (path, bad_files[path])
+    # Each file that decodes is predicted once, with its own label, and the colour classifier
+    # gets every one right: exactly 1.0. A bad file's slot counted (as a copy or a blank), a
+    # label shifted onto another file's image, or a lost good file would each show here.
+    assert sum(predicted) == len(dataset.files) - len(expected)
+    assert accuracy == 1.0
+    report = input_report(None, bad_files)
+    assert report["bad_files"] == len(expected)
+    assert sorted(map(tuple, report["first_bad_files"])) == sorted(bad_files.items())
