@@ -96,8 +96,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   image.crop.area_max = image.crop.area_min + (1.0 - image.crop.area_min) * p[4] / 255.0;
   image.crop.aspect_min = (p[5] + 1) / 64.0;
   image.crop.aspect_max = image.crop.aspect_min * (1.0 + p[6] / 16.0);
+  image.crop.max_attempts = 10;  // flowers_tl.geometry.TRAIN_CROP_MAX_ATTEMPTS
   image.eval_resize_ratio = 1.0 + (p[7] % 16) / 8.0;
   const uint64_t seed = p[7];
+  check_image_options(image);  // the options above are always valid; this keeps it so
   const int out_size = image.image_size;
 
   WorkerContext context(decoder);
