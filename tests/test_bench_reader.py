@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bench import reader as bench_reader
+from bench import reader_backends
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +43,7 @@ def _run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_cli_writes_one_self_describing_row_per_backend(tiny_folder, tmp_path):
     out = tmp_path / "rows.jsonl"
     result = _run_cli(
@@ -120,7 +122,7 @@ def test_random_crop_window_stays_inside_the_image():
     rng = np.random.default_rng(0)
     for _ in range(200):
         height, width = rng.integers(10, 500, 2)
-        top, left, crop_height, crop_width = bench_reader.random_crop_window(
+        top, left, crop_height, crop_width = reader_backends.random_crop_window(
             int(height), int(width), rng, (0.08, 1.0), (3 / 4, 4 / 3)
         )
         assert 0 <= top and top + crop_height <= height and crop_height > 0
@@ -132,3 +134,56 @@ def test_missing_dali_is_an_error_row_not_a_crash(monkeypatch):
     config = bench_reader.ReaderBenchConfig(backend="dali", num_threads=1, batch_size=2, image_size=8)
     row = bench_reader.run_one(config, ["x.jpg"], [0], 1, environment={})
     assert row["backend"] == "dali" and "ModuleNotFoundError" in row["error"]
+
+
+def test_every_backend_name_has_a_backend():
+    assert set(reader_backends.BACKEND_FUNCTIONS) == set(bench_reader.BACKENDS)
+
+
+def test_time_batches_statistics_against_a_fake_clock_by_hand(monkeypatch):
+    """A clock that moves only when a batch is made: the figures are exact, checked with the
+    standard library (1e-9 relative: float sums in another order)."""
+    import statistics
+
+    durations = [0.1, 0.3]  # check batch 0.1, then timed 0.3, 0.1, 0.3, 0.1, 0.3 (1.1 s >= 1 s)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(bench_reader.time, "perf_counter", lambda: clock["now"])
+    rng = np.random.default_rng(0)
+
+    def fake_batches():
+        index = 0
+        while True:
+            clock["now"] += durations[index % 2]
+            index += 1
+            yield rng.integers(0, 256, (4, 2, 2, 3), dtype=np.uint8), np.zeros(4, np.int32)
+
+    config = bench_reader.ReaderBenchConfig(backend="cxx", num_threads=2, batch_size=4,
+                                            image_size=2, seconds=1.0, warmup_seconds=0.0,
+                                            num_windows=2)
+    figures = bench_reader.time_batches(fake_batches(), config, num_classes=1)
+    assert figures["num_batches"] == 5 and figures["num_images"] == 20
+    window_rates = [12 / (0.3 + 0.1 + 0.3), 8 / (0.1 + 0.3)]  # batches [0, 1, 2] and [3, 4]
+    assert figures["samples_per_sec"] == pytest.approx(20 / 1.1, rel=1e-9)
+    assert figures["samples_per_sec_per_thread"] == pytest.approx(10 / 1.1, rel=1e-9)
+    stderr = statistics.stdev(window_rates) / 2 ** 0.5
+    assert figures["samples_per_sec_stderr"] == pytest.approx(stderr, rel=1e-9)
+    low, high = figures["samples_per_sec_ci95"]
+    assert (high - low) / 2 == pytest.approx(12.7062 * stderr, rel=1e-4)  # t(0.975, 1)
+    assert figures["samples_per_sec_window_min"] == pytest.approx(min(window_rates), rel=1e-9)
+    batch_rates = [4 / 0.3, 4 / 0.1, 4 / 0.3, 4 / 0.1, 4 / 0.3]
+    median = statistics.median(batch_rates)
+    assert figures["samples_per_sec_jitter"] == pytest.approx(
+        1.4826 * statistics.median(abs(rate - median) for rate in batch_rates), abs=1e-9)
+    assert figures["batch_time_ms_mean"] == pytest.approx(1100 / 5, rel=1e-9)
+
+
+def test_eval_resize_uses_the_shared_geometry():
+    from flowers_tl.geometry import eval_resize_size
+
+    image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    out = reader_backends.resize_and_centre_crop(image, 224, cv2)
+    shorter = eval_resize_size(224)  # 256
+    reference = cv2.resize(image, (round(400 * shorter / 300), shorter),
+                           interpolation=cv2.INTER_LINEAR)
+    top, left = (shorter - 224) // 2, (reference.shape[1] - 224) // 2
+    np.testing.assert_array_equal(out, reference[top:top + 224, left:left + 224])
