@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from flowers_tl import geometry
 from flowers_tl.config import (DATA_FORMATS, PRECISIONS, VARIANTS, ConfigError,  # noqa: F401
                                ModelConfig, check_model)
 
@@ -56,9 +57,9 @@ class ModelMeta:
 
 META = {
     "slim": ModelMeta("resnet_v1_50", "resnet_v1_50/logits", 224, "RGB",
-                      (123.68, 116.78, 103.94), 1e-5),
+                      geometry.VGG_MEAN_RGB, 1e-5),
     "keras": ModelMeta("resnet50", "predictions", 224, "BGR",
-                       (103.939, 116.779, 123.68), 1.001e-5),
+                       geometry.CAFFE_MEAN_BGR, 1.001e-5),
 }
 
 
