@@ -198,6 +198,18 @@ void BatchReader::record_failure_locked(int32_t file, const std::string& reason,
 }
 
 void BatchReader::finish_batch_locked(InFlight* batch) {
+  BatchBuffer& buffer = *batch->buffer;
+  if (!options_.fill_bad_slots) {
+    // Failed slots: zeros and label -1 (the consumer counts only the others).
+    for (int slot = 0; slot < batch->size; ++slot) {
+      if (!batch->failed[slot]) continue;
+      std::memset(buffer.images.data() + slot * image_bytes_, 0, image_bytes_);
+      buffer.labels[slot] = -1;
+    }
+    batch->ready = true;
+    batch_ready_.notify_all();
+    return;
+  }
   // Fill each failed slot with the next good image of the batch (cyclically): deterministic,
   // and the batch stays full.
   int good = -1;
@@ -217,7 +229,6 @@ void BatchReader::finish_batch_locked(InFlight* batch) {
     batch_ready_.notify_all();
     return;
   }
-  BatchBuffer& buffer = *batch->buffer;
   for (int slot = 0; slot < batch->size; ++slot) {
     if (!batch->failed[slot]) continue;
     int source = (slot + 1) % batch->size;

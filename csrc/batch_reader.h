@@ -11,7 +11,9 @@
  *
  * Bad files. A file that cannot be read or decoded is, by default, recorded (count, first paths
  * and reasons), and its slot is filled with a copy of the next good image of the same batch, so
- * batches stay full and identical for any thread count. It is tried again in later epochs (a
+ * batches stay full and identical for any thread count (fill_bad_slots off: zeros and label
+ * -1 instead, and a batch whose files all failed is still delivered). It is tried again in
+ * later epochs (a
  * truncated file fails only for crops that reach the cut). With skip_bad_files off the first
  * failure stops the reader and next() throws "Error in thread N: <path>: <reason>".
  *
@@ -50,6 +52,10 @@ struct ReaderOptions {
   int64_t num_epochs = -1;  // < 0: repeat forever
   int64_t start_batch = 0;  // first batch of the stream (resuming: skipped without decoding)
   bool skip_bad_files = true;
+  // What a skipped file's slot holds: a copy of the next good image of the batch (training:
+  // batches stay full), or, when false, zeros with label -1, so an evaluation counts only the
+  // files that decoded and a batch of nothing but bad files is delivered, not an error.
+  bool fill_bad_slots = true;
   DecoderOptions decoder;
   ImageOptions image;
 };

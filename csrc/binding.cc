@@ -206,6 +206,8 @@ void bind_options(py::module_& m) {
       .field("start_batch", &ReaderOptions::start_batch, "first batch of the stream (resume)")
       .field("skip_bad_files", &ReaderOptions::skip_bad_files,
              "record bad files and go on; False: the first one stops the reader")
+      .field("fill_bad_slots", &ReaderOptions::fill_bad_slots,
+             "a bad file's slot: a copy of a good image; False: zeros and label -1")
       .field("decoder", &ReaderOptions::decoder, "DecoderOptions")
       .field("image", &ReaderOptions::image, "ImageOptions")
       .finish();

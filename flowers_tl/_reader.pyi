@@ -58,13 +58,14 @@ class ReaderOptions:
     num_epochs: int
     start_batch: int
     skip_bad_files: bool
+    fill_bad_slots: bool
     decoder: DecoderOptions
     image: ImageOptions
     def __init__(self, *, batch_size: int = ..., num_threads: int = ..., shuffle: bool = ...,
                  seed: int = ..., prefetch: int = ..., shard_index: int = ...,
                  num_shards: int = ..., drop_remainder: bool = ..., num_epochs: int = ...,
                  start_batch: int = ..., skip_bad_files: bool = ...,
-                 decoder: DecoderOptions = ..., image: ImageOptions = ...) -> None: ...
+                 fill_bad_slots: bool = ..., decoder: DecoderOptions = ..., image: ImageOptions = ...) -> None: ...
 
 def build_info() -> dict[str, Any]: ...
 def jpeg_info(data: Buffer, decoder_options: DecoderOptions = ...) -> dict[str, Any]: ...

@@ -74,6 +74,10 @@ class ReaderConfig:
     fancy_upsampling: bool = _DEFAULTS.decoder.fancy_upsampling  # False: merged, ~7% faster
     max_pixels: int = _DEFAULTS.decoder.max_pixels  # larger headers refused before allocation
     skip_bad_files: bool = _DEFAULTS.skip_bad_files
+    # A skipped file's slot: a copy of the next good image (batches stay full), or, False,
+    # zeros with label -1 (evaluation counts only files that decoded; an all-bad batch comes
+    # through instead of stopping the reader).
+    fill_bad_slots: bool = _DEFAULTS.fill_bad_slots
 
     def resolved(self) -> "ReaderConfig":
         """Fills the None defaults and checks every field, naming the bad one."""
@@ -116,7 +120,7 @@ class ReaderConfig:
             num_shards=self.num_shards, drop_remainder=self.drop_remainder,
             num_epochs=-1 if self.num_epochs is None else self.num_epochs,
             start_batch=self.start_batch, skip_bad_files=self.skip_bad_files,
-            decoder=decoder, image=image)
+            fill_bad_slots=self.fill_bad_slots, decoder=decoder, image=image)
 
     def _check(self) -> None:
         def need(condition: bool, field: str, rule: str) -> None:

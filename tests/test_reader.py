@@ -392,6 +392,7 @@ FIELD_CHANGES = {
     "fancy_upsampling": (False, {"decoder.fancy_upsampling": False}),
     "max_pixels": (1000, {"decoder.max_pixels": 1000}),
     "skip_bad_files": (False, {"skip_bad_files": False}),
+    "fill_bad_slots": (False, {"fill_bad_slots": False}),
 }
 
 

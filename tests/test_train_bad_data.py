@@ -86,3 +86,37 @@ def test_evaluation_reports_the_bad_validation_files(tmp_path):
     report = input_report(None, bad_files)
     assert report["bad_files"] == len(expected)
     assert sorted(map(tuple, report["first_bad_files"])) == sorted(bad_files.items())
+
+
+def test_an_evaluation_batch_of_only_bad_files_is_skipped_and_reported(tmp_path):
+    """Batch 2 of 3 holds nothing that decodes: evaluation goes on, counts the 8 good files
+    and names the 4 bad ones (the reader used to stop at such a batch)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from conftest import encode_jpeg
+    from flowers_tl import config as config_lib
+    from flowers_tl.train import evaluate
+
+    files, labels = [], []
+    for index in range(12):
+        path = tmp_path / f"{index:02d}.jpg"
+        if 4 <= index < 8:
+            path.write_bytes(b"not a jpeg at all" * (index + 1))
+        else:
+            path.write_bytes(encode_jpeg(np.full((40, 48, 3), (30, 60, 200), np.uint8)))
+        files.append(str(path))
+        labels.append(index % 2)  # the classifier below says 0 for everything
+    config = config_lib.with_overrides(config_lib.RunConfig(), {
+        "batch_size": 4, "image_size": 32, "reader_threads": 2})
+    seen = []
+
+    def predict_zero(images):
+        seen.append(int(images.shape[0]))
+        return tf.zeros([tf.shape(images)[0]], tf.int32)
+
+    bad_files = {}
+    accuracy = evaluate(predict_zero, files, labels, config, bad_files)
+    assert seen == [4, 4]  # the all-bad batch never reaches the model
+    assert accuracy == 0.5  # 4 of the 8 good files have label 0
+    assert sorted(bad_files) == files[4:8]
