@@ -94,7 +94,7 @@ def test_model_meta():
 
 
 def test_nchw_without_xla_on_cpu_is_refused_when_built():
-    with pytest.raises(ValueError, match="NCHW needs a GPU or XLA"):
+    with pytest.raises(ValueError, match="NCHW on a CPU needs --xla true"):
         resnet_v1_50(3, data_format="NCHW")
     with pytest.raises(ValueError, match="precision"):
         resnet_v1_50(3, precision="fp8")
@@ -119,7 +119,7 @@ def test_nchw_under_xla_equals_nhwc_forward_and_one_sgd_step():
 @pytest.mark.slow
 def test_fused_equals_unfused_batch_norm_in_inference_and_one_sgd_step():
     fused = calibrated()
-    unfused = resnet_v1_50(3, seed=1, fused_batch_norm=False)
+    unfused = resnet_v1_50(3, seed=1, batch_norm_fused=False)
     copy_weights(fused, unfused)
     a, b = fused(IMAGES).numpy(), unfused(IMAGES).numpy()
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
