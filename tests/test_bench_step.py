@@ -20,13 +20,14 @@ from bench import step as bench_step
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.e2e
 def test_cli_writes_rows_with_config_environment_and_a_skipped_nchw_cell(tmp_path):
     out = tmp_path / "tmp.jsonl"
     environment = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, "-m", "bench.step", "--image_size", "32", "--batch_size", "2",
          "--steps", "2", "--warmup", "1", "--data_format", "NHWC,NCHW", "--xla", "false",
-         "--model", "ours,keras", "--out", str(out)],
+         "--model", "ours,keras", "--peak_seconds", "0.5", "--out", str(out)],
         cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -38,13 +39,18 @@ def test_cli_writes_rows_with_config_environment_and_a_skipped_nchw_cell(tmp_pat
         assert row["config"]["model"] == row["model"] and row["config"]["seed"] == 0
         assert row["environment"]["cpu_count_logical"] >= 1
         assert "git_commit" in row["environment"] and row["environment"]["tensorflow_version"]
+        assert row["cpu_model"] == row["environment"]["cpu_model"]
     ours, nchw, keras = rows
-    assert "NCHW" in nchw["skipped"] and "XLA" in nchw["skipped"] and "images_per_sec" not in nchw
+    assert "NCHW" in nchw["skipped"] and "--xla true" in nchw["skipped"] and "images_per_sec" not in nchw
     for row in (ours, keras):
         assert "error" not in row, row["error"]
         assert row["images_per_sec"] > 0 and row["images_per_sec_stderr"] >= 0
         assert row["num_steps"] == 2 and np.isfinite(row["first_loss"])
+        # The ceiling was measured in the cell's own process, in its dtype.
+        assert row["peak_dtype"] == "float32" and row["peak_gflops"] > 0
+        assert row["peak_gflops_source"].startswith("measured: flowers_tl.env.measure_peak_gflops")
         assert 0 < row["fraction_of_peak"] < 1
+    assert ours["model_config"]["batch_norm_fused"] is True and ours["batch_norm_fused"] is True
     assert keras["config"]["data_format"] is None  # not a Keras knob
     assert "vs keras-fp32-noxla" in result.stderr and "napkin math" in result.stderr
 
@@ -69,6 +75,10 @@ def test_bad_flags_and_impossible_cells_fail_before_any_work(capsys):
     assert "'maybe' is not a valid boolean" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench_step.parse_args(["--precision", "fp8"])
+    with pytest.raises(SystemExit):
+        bench_step.parse_args(["--fused_batch_norm", "true"])  # one spelling: batch_norm_fused
+    assert bench_step.main(["--peak_gflops", "-1"]) == 2
+    assert "--peak_gflops -1.0: must be > 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="keras cells take no data_format"):
         bench_step.StepBenchConfig("keras", data_format="NCHW")
     with pytest.raises(ValueError, match="steps must be >= 2"):
@@ -130,7 +140,7 @@ def test_table_reports_speedup_over_keras_fp32_and_fraction_of_peak():
         result = {"cell": cell, "model": model, "precision": "fp32", "xla": xla, "image_size": 224,
                   "images_per_sec": rate, "images_per_sec_stderr": 0.1,
                   "images_per_sec_jitter": 0.1, "step_time_sec": 32 / rate, "first_step_sec": 9.0}
-        bench_step.add_napkin_math(result, forward_gflop=8.2, peak_gflops=157.0)
+        bench_step.add_napkin_math(result, forward_gflop=8.2, peak_gflops=200.0)
         return result
 
     rows = [row("ours-a", "ours", 3.0), row("keras-fp32-xla", "keras", 4.0, xla=True),
@@ -139,10 +149,57 @@ def test_table_reports_speedup_over_keras_fp32_and_fraction_of_peak():
              "skipped": "needs XLA"}]
     table = bench_step.format_table(rows).splitlines()
     assert "vs keras-fp32-noxla" in table[0]  # Keras' CPU default (no XLA) is the anchor
-    assert table[1].split()[-4:-2] == ["1.50x", "1.50x"]  # vs the anchor, vs Keras alike
-    assert table[2].split()[-4:-2] == ["2.00x", "1.00x"]
+    assert table[1].split()[-5:-3] == ["1.50x", "1.50x"]  # vs the anchor, vs Keras alike
+    assert table[2].split()[-5:-3] == ["2.00x", "1.00x"]
     assert "skipped: needs XLA" in table[4]
-    # 224 px: 3 x 8.2 = 24.6 GFLOP/image; 3 img/s = 73.8 GFLOP/s = 47% of 157.
+    # 224 px: 3 x 8.2 = 24.6 GFLOP/image; 3 img/s = 73.8 GFLOP/s = 36.9% of 200.
     assert rows[0]["train_gflop_per_image"] == pytest.approx(24.6)
-    assert rows[0]["fraction_of_peak"] == pytest.approx(3 * 24.6 / 157)
-    assert "47.0%" in table[1]
+    assert rows[0]["fraction_of_peak"] == pytest.approx(3 * 24.6 / 200)
+    assert "36.9%" in table[1]
+
+
+def test_ours_builds_the_trainers_step_with_its_strategy_batch_and_fp16_loss_scale(monkeypatch):
+    import flowers_tl.step
+    import tensorflow as tf
+
+    calls = []
+    real = flowers_tl.step.make_train_step
+
+    def recording(model, optimizer, strategy=None, global_batch_size=None, loss_scale=None,
+                  jit_compile=None):
+        calls.append(dict(strategy=strategy, global_batch_size=global_batch_size,
+                          loss_scale=loss_scale, model=model))
+        return real(model, optimizer, strategy, global_batch_size, loss_scale, jit_compile)
+
+    monkeypatch.setattr(flowers_tl.step, "make_train_step", recording)
+    config = bench_step.StepBenchConfig("ours", precision="fp16", image_size=32, batch_size=2,
+                                        batch_norm_fused=False)
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    bench_step.build_ours(config, images, np.zeros(2, np.int32))
+    (call,) = calls
+    assert isinstance(call["strategy"], tf.distribute.OneDeviceStrategy)  # make_strategy(0)
+    assert call["global_batch_size"] == 2
+    assert call["loss_scale"].dynamic and float(call["loss_scale"].scale) == 2.0 ** 15
+    assert call["model"].config.batch_norm_fused is False
+    assert call["model"].config.precision == "fp16"
+
+
+def test_run_cell_holds_the_rate_against_the_given_ceiling(monkeypatch):
+    def steady_build(config, images, labels):  # 4 images every 40 ms: at most 100 img/s
+        weights = [np.zeros(1)]
+
+        def run_step():
+            time.sleep(0.04)
+            weights[0] = weights[0] + 1
+            return 1.0
+        return run_step, lambda: weights[0]
+
+    monkeypatch.setattr(bench_step, "build_ours", steady_build)
+    config = bench_step.StepBenchConfig("ours", image_size=224, batch_size=4, steps=3, warmup=0,
+                                        peak_gflops=1000.0)
+    row = bench_step.run_cell(config, environment={"cpu_model": "Test CPU"})
+    assert "error" not in row, row.get("error")
+    assert row["peak_gflops"] == 1000.0 and row["peak_gflops_source"] == "--peak_gflops"
+    assert row["cpu_model"] == "Test CPU" and 80 < row["images_per_sec"] <= 100
+    # 224 px: 3 x 8.2 = 24.6 GFLOP per image, so r img/s is 24.6 r GFLOP/s of the 1000.
+    assert row["fraction_of_peak"] == pytest.approx(row["images_per_sec"] * 24.6 / 1000)
