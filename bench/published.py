@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.report import _number, reader_table, throughput_table
+from bench.report import format_number, reader_table, throughput_table
 from flowers_tl.results import ci95, read_jsonl
 
 MARKER = re.compile(r"<!-- table:(?P<name>\S+) -->\n.*?<!-- /table:(?P=name) -->", re.DOTALL)
@@ -54,12 +54,12 @@ def step_table(rows: list[dict[str, Any]]) -> list[str]:
         interval = ci95(r)
         lines.append(
             f"| {r['cell']} | {r['images_per_sec']:.2f} | "
-            f"{_number(r.get('images_per_sec_stderr'), 2)} | "
+            f"{format_number(r.get('images_per_sec_stderr'), 2)} | "
             f"{'-' if interval is None else f'{interval[0]:.2f}-{interval[1]:.2f}'} | "
-            f"{_number(r.get('images_per_sec_jitter'), 2)} | {_number(r['step_time_sec'], 2)} | "
-            f"{_number(r['images_per_sec'] / anchor['images_per_sec'] if anchor else None, 2, 'x')}"
-            f" | {_number((r.get('fraction_of_peak') or float('nan')) * 100, 1, '%')} | "
-            f"{_number(r.get('peak_gflops'), 0)} | {_number(r.get('load_average_1min_after'))} |")
+            f"{format_number(r.get('images_per_sec_jitter'), 2)} | {format_number(r['step_time_sec'], 2)} | "
+            f"{format_number(r['images_per_sec'] / anchor['images_per_sec'] if anchor else None, 2, 'x')}"
+            f" | {format_number((r.get('fraction_of_peak') or float('nan')) * 100, 1, '%')} | "
+            f"{format_number(r.get('peak_gflops'), 0)} | {format_number(r.get('load_average_1min_after'))} |")
     return lines
 
 

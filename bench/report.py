@@ -150,7 +150,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(flat)
 
 
-def _number(value: Any, digits: int = 1, suffix: str = "") -> str:
+def format_number(value: Any, digits: int = 1, suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return f"{value:.{digits}f}{suffix}"
@@ -170,18 +170,18 @@ def throughput_table(rows: list[dict[str, Any]]) -> list[str]:
         run = ttt.get(r["cell"])
         target = "-" if run is None else (
             f"{run['seconds_to_target_from_process_start']:.0f} s" if run["reached"]
-            else f"not reached ({_number(run['best_accuracy'], 3)})")
+            else f"not reached ({format_number(run['best_accuracy'], 3)})")
         interval = ci95(r)
         lines.append(
             f"| {r['cell']} | {role} | {r['images_per_sec']:.2f} | "
-            f"{_number(r.get('images_per_sec_stderr'), 2)} | "
+            f"{format_number(r.get('images_per_sec_stderr'), 2)} | "
             f"{'-' if interval is None else f'{interval[0]:.2f}-{interval[1]:.2f}'} | "
-            f"{_number(r.get('images_per_sec_jitter'), 2)}"
+            f"{format_number(r.get('images_per_sec_jitter'), 2)}"
             f" | {r['images_per_sec_per_device']:.2f} | {r['step_time_sec'] * 1e3:.0f} | "
-            f"{_number((r.get('data_wait_fraction') or math.nan) * 100, 1, '%')} | "
-            f"{_number(r['speedup_vs_keras_fit'], 2, 'x')} | "
-            f"{_number(r['speedup_vs_slowest'], 2, 'x')} | "
-            f"{_number(r['speedup_vs_default'], 2, 'x')} | {target} |")
+            f"{format_number((r.get('data_wait_fraction') or math.nan) * 100, 1, '%')} | "
+            f"{format_number(r['speedup_vs_keras_fit'], 2, 'x')} | "
+            f"{format_number(r['speedup_vs_slowest'], 2, 'x')} | "
+            f"{format_number(r['speedup_vs_default'], 2, 'x')} | {target} |")
     return lines
 
 
@@ -205,10 +205,10 @@ def reader_table(rows: list[dict[str, Any]]) -> list[str]:
         ratios = [rates.get((name, r["num_threads"])) for name in references]
         lines.append(
             f"| {r['backend']} | {r['num_threads']} | {r['samples_per_sec']:.1f} | "
-            f"{_number(r.get('samples_per_sec_stderr'))} | "
+            f"{format_number(r.get('samples_per_sec_stderr'))} | "
             f"{'-' if interval is None else f'{interval[0]:.1f}-{interval[1]:.1f}'} | "
-            f"{_number(r.get('samples_per_sec_jitter'))} | "
-            + " | ".join(_number(r["samples_per_sec"] / base if base else None, 2, "x")
+            f"{format_number(r.get('samples_per_sec_jitter'))} | "
+            + " | ".join(format_number(r["samples_per_sec"] / base if base else None, 2, "x")
                          for base in ratios) + " |")
     return lines
 
@@ -260,9 +260,9 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], reader: list[dict[str
             lines.append(
                 f"| {r['cell']} | {r['target_metric']} | {r['target_accuracy']} | "
                 f"{'yes' if r['reached'] else 'not reached'} | "
-                f"{_number(r.get('seconds_to_target_from_process_start'), 0, ' s')} | "
-                f"{_number(r.get('seconds_to_target_from_first_step'), 0, ' s')} | "
-                f"{r.get('steps_to_target', '-')} | {_number(r['best_accuracy'], 3)} | "
+                f"{format_number(r.get('seconds_to_target_from_process_start'), 0, ' s')} | "
+                f"{format_number(r.get('seconds_to_target_from_first_step'), 0, ' s')} | "
+                f"{r.get('steps_to_target', '-')} | {format_number(r['best_accuracy'], 3)} | "
                 f"{r['stop_reason']} |")
     if reader:
         lines += ["", "## Reader images/sec against threads", "",

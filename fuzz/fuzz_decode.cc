@@ -3,7 +3,7 @@
  * ROI + DCT-scaled decode, resize), an ROI decode of an arbitrary box, and the full decode.
  *
  * Input layout: the first kParamBytes bytes choose the parameters, the rest is the file
- * (tests/test_hostile.py::fuzz_params decodes them the same way; see fuzz/README.md):
+ * (tests/test_fuzz_inputs.py::fuzz_params decodes them the same way; see fuzz/README.md):
  *   0  image_size = 1 + b % 64
  *   1  flags: 1 training, 2 use_dct_scaling, 4 random_flip, 8 NCHW, 16 fast_idct,
  *             32 no fancy upsampling, 64 flip the arbitrary-box resize

@@ -22,7 +22,7 @@
 # Files (FUZZ_WORK_DIR, default fuzz/.work, git-ignored): seeds/ (made fresh each run by
 # make_seeds.py), corpus/ (kept between runs, so coverage accumulates), crashes/, fuzz.log.
 # Every crash: fix it, then commit its input as fuzz/regressions/<name> (replayed at the end of
-# every run here, and through Python by tests/test_hostile.py).
+# every run here, and through Python by tests/test_fuzz_inputs.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

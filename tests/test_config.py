@@ -300,3 +300,16 @@ def test_a_batch_larger_than_the_data_is_one_line_before_the_model_is_built(tmp_
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "flowers_tl.train: error: 6 training images are less than one global batch of 8")
     assert time.time() - start < 10  # building ResNet-50 alone takes longer
+
+
+def test_the_cli_refuses_a_bad_command_line_before_importing_tensorflow():
+    code = ("import runpy, sys\n"
+            "sys.argv = ['flowers_tl.train', '--batch_size', 'eight']\n"
+            "try:\n"
+            "    runpy.run_module('flowers_tl.train', run_name='__main__')\n"
+            "except SystemExit as stop:\n"
+            "    print(stop.code, 'tensorflow' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.split() == ["2", "False"], result.stderr
+    assert result.stderr.strip() == "flowers_tl.train: error: --batch_size 'eight': expected int"

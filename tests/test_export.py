@@ -170,6 +170,7 @@ def test_next_export_removes_only_the_temp_folders_of_killed_exports(tmp_path, f
 
 
 # ---------------------------------------------------------------------------- signatures
+@pytest.mark.slow
 def test_round_trip_through_both_signatures(tmp_path, fp32_model):
     model = fp32_model
     version_dir = export_saved_model(model, str(tmp_path / "export"), CLASS_NAMES, IMAGE_SIZE,

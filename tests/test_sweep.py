@@ -112,14 +112,17 @@ def test_throughput_rows_and_the_anchors(smoke):
     for row in (default, tfdata, keras):
         assert row["status"] == "ok", row.get("error")
         assert row["timed_steps"] == 3 and row["warmup_steps"] == 1
-        assert row["images_per_sec"] > 0 and row["images_per_sec_stderr"] >= 0
         assert row["images_per_sec_per_device"] == row["images_per_sec"]  # one device
-        # images/sec is the timed images over the timed seconds
-        assert row["images_per_sec"] == pytest.approx(4 / row["step_time_sec"], rel=1e-6)
-        low, high = row["images_per_sec_ci95"]
-        assert low < row["images_per_sec"] < high and row["rounds_ok"] == 1
-        assert len(row["step_seconds"]) == 3  # the pooled per-step times, kept
+        assert len(row["step_seconds"]) == 3 and row["rounds_ok"] == 1  # the timed steps, kept
+        # The figures are those of the kept step times, recomputed here by hand: images over
+        # seconds, and the standard error of the per-step rates (rounded times: 1e-3).
+        rates = [4 / t for t in row["step_seconds"]]
+        mean = sum(rates) / 3
+        stderr = (sum((r - mean) ** 2 for r in rates) / 2) ** 0.5 / 3 ** 0.5
         assert row["images_per_sec"] == pytest.approx(12 / sum(row["step_seconds"]), rel=1e-3)
+        assert row["images_per_sec_stderr"] == pytest.approx(stderr, rel=1e-3)
+        low, high = row["images_per_sec_ci95"]
+        assert low < row["images_per_sec"] < high
     assert 0 <= default["data_wait_fraction"] <= 1
     assert keras["data_wait_fraction"] is None  # Keras fit does not say
     assert default["config"]["max_steps"] == 4 and default["config"]["log_every"] == 1
@@ -131,12 +134,12 @@ def test_time_to_target_row(smoke):
     (run,) = [row for row in rows if row["phase"] == "time_to_target"]
     assert run["status"] == "ok" and run["target_metric"] == "train_accuracy"
     assert run["config"]["stop_at_target"] and run["accuracy_curve"]
-    if run["reached"]:
-        assert 0 < run["seconds_to_target_from_first_step"] < \
-            run["seconds_to_target_from_process_start"]
-        assert run["accuracy_at_target"] >= run["target_accuracy"]
-    else:
-        assert run["best_accuracy"] is not None
+    # The smoke target (5% train accuracy, 3 classes) is met in the first epoch unless the
+    # machinery is broken: the run stops there and says when.
+    assert run["reached"] and run["stop_reason"] == "target reached"
+    assert 0 < run["seconds_to_target_from_first_step"] < \
+        run["seconds_to_target_from_process_start"]
+    assert run["accuracy_at_target"] >= run["target_accuracy"] == 0.05
 
 
 @pytest.mark.e2e
