@@ -214,7 +214,7 @@ def run_sweep(preset: Preset, folder: Path, machine: Machine, settings: dict[str
     meta = {"preset": preset.name, "preset_doc": preset.doc, "command": command,
             "folder": str(folder), "started_utc": describe_environment()["time_utc"],
             "machine": dataclasses.asdict(machine),
-            "default_config": config_lib.to_dict(default), "plan": dataclasses.asdict(sweep),
+            "default_config": config_lib.flat_dict(default), "plan": dataclasses.asdict(sweep),
             "warmup_steps": sweep.warmup_steps, "timed_steps": sweep.timed_steps,
             "rounds": sweep.rounds, "cell_budget_sec": sweep.cell_budget_sec,
             "ttt_budget_sec": sweep.ttt_budget_sec, "prepare_seconds": 0.0}
