@@ -112,12 +112,16 @@ def time_to_target_figures(metrics: list[dict[str, Any]], result: dict[str, Any]
         "accuracy_curve": [[row["time"], row["train_accuracy"], row.get("val_accuracy")]
                            for row in epochs],  # [seconds from process start, train, val]
         "stop_reason": (result or {}).get("stop_reason", "killed before writing result.json"),
+        # what the figure is of: the split it was measured on, its size and the seed
+        "val_images": (result or {}).get("val_images"), "seed": config.get("seed"),
+        "warnings": (result or {}).get("warnings"),
     }
     if targets:
         target = targets[0]
         figures.update(seconds_to_target_from_process_start=target["seconds_from_process_start"],
                        seconds_to_target_from_first_step=target["seconds_from_first_step"],
-                       steps_to_target=target["step"], accuracy_at_target=target["value"])
+                       steps_to_target=target["step"], accuracy_at_target=target["value"],
+                       eval_seconds_to_target=target.get("eval_seconds"))
     if result and result.get("images_per_sec"):
         figures["whole_run_images_per_sec"] = result["images_per_sec"]
         figures["whole_run_data_wait_fraction"] = result.get("data_wait_fraction")

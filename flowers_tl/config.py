@@ -30,6 +30,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 VARIANTS = ("slim", "keras")
 INPUTS = ("cxx", "tfdata", "synthetic")
 TARGET_METRICS = ("train", "val")
+SCHEDULE_SHAPES = ("step", "cosine", "linear")
 FROM_SCRATCH = "none"  # --checkpoint_url none: no pretrained weights
 MIN_IMAGE_SIZE = 32  # five stride-2 stages leave 1x1 at 32 px
 MAX_IMAGE_SIZE = 1024  # a 1024 px ResNet-50 step already needs ~20x the memory of 224 px
@@ -83,13 +84,22 @@ class TrainConfig:
     cpu_devices: int = knob(1, ">1: mirror over that many logical CPU devices (testing)")
     batch_size: int = knob(64, "per device")
     epochs: float = knob(20, "length of the run in epochs")
-    lr_schedule: str = knob("10:0.01,20:0.001", "epoch:lr pairs, MoXing's piecewise form")
+    lr_schedule: str = knob("10:0.01,20:0.001", "epoch:lr pairs, MoXing's piecewise form; "
+                                                "unset: stretched to --epochs and scaled with "
+                                                "the global batch")
+    lr_schedule_shape: str = knob("step", f"one of {SCHEDULE_SHAPES}: the schedule as given, or "
+                                          "from its first rate down to 0 at the last epoch")
+    lr_reference_batch: int | None = knob(None, "global batch the schedule's rates are for "
+                                                "(linear scaling); none: 64, the recipe's")
+    label_smoothing: float = knob(0.0, "targets (1 - s) on the label, s spread over all classes")
     warmup_epochs: float = knob(0, "learning rate ramps linearly from 0 over these epochs")
     momentum: float = knob(0.9, "TF1 MomentumOptimizer momentum")
     loss_scale: str | None = knob(None, "fp16 only: a number such as 1024, or dynamic (fp16's "
                                         "default)")
     target_accuracy: float = knob(0.95, "time to target: this accuracy")
-    target_metric: str = knob("train", "time to target on train or val accuracy")
+    target_metric: str = knob("val", "time to target on held-out (val) or train accuracy")
+    eval_every_epochs: int = knob(1, "evaluate the held-out split every N epochs (and at the "
+                                     "end); its time counts in the clock")
     stop_at_target: bool = knob(False, "stop once the target is reached")
     max_steps: int | None = knob(None, "stop after this many steps (smoke runs, benchmarks)")
     seed: int = knob(0, "data split, crops, initial weights")
@@ -288,6 +298,12 @@ def resolve(given: dict[str, Any], config_file: str | None = None,
                 f"{knob_name(k)}={v}" for k, v in chosen.items()))
     values.update(explicit)
     values["num_gpus"] = num_gpus
+    from flowers_tl.adapt import adapt
+    try:
+        reasons = adapt(values, set(values) - {"num_gpus"})
+    except ConfigError:
+        reasons = []  # a bad schedule or number: `check` below names it
+    notes += reasons
     if values.get("data_format") is None:
         values["data_format"] = "NCHW" if num_gpus > 0 else "NHWC"
     if values.get("precision") == "fp16" and values.get("loss_scale") is None:
@@ -398,6 +414,14 @@ def check(config: RunConfig, gpus_available: int) -> None:
         fail(f"--crop_area_min {reader.crop_area_min}: must be in (0, 1]")
     if not 0 < train.target_accuracy <= 1:
         fail(f"--target_accuracy {train.target_accuracy}: must be in (0, 1]")
+    if train.eval_every_epochs < 1:
+        fail(f"--eval_every_epochs {train.eval_every_epochs}: must be >= 1")
+    if not 0 <= train.label_smoothing < 1:
+        fail(f"--label_smoothing {train.label_smoothing}: must be in [0, 1)")
+    if train.lr_schedule_shape not in SCHEDULE_SHAPES:
+        fail(f"--lr_schedule_shape {train.lr_schedule_shape}: one of {SCHEDULE_SHAPES}")
+    if train.lr_reference_batch is not None and train.lr_reference_batch < 1:
+        fail(f"--lr_reference_batch {train.lr_reference_batch}: must be >= 1")
     if train.target_metric not in TARGET_METRICS:
         fail(f"--target_metric {train.target_metric}: one of {TARGET_METRICS}")
     if not 0 <= data.val_fraction < 1:

@@ -160,7 +160,8 @@ class LossScale(tf.Module):
 # ------------------------------------------------------------------------------------ the step
 def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strategy | None = None,
                     global_batch_size: int | None = None, loss_scale: LossScale | None = None,
-                    jit_compile: bool | None = None) -> Callable[..., dict]:
+                    jit_compile: bool | None = None, label_smoothing: float = 0.0
+                    ) -> Callable[..., dict]:
     """`step(images, labels) -> {"loss", "cross_entropy", "accuracy", "finite"}` (fp32 scalars
     summed over replicas; accuracy of the batch before the update).
 
@@ -168,7 +169,8 @@ def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strat
     `jit_compile`, default the model's `config.xla`), then one cross-replica update: gradients
     summed with batch_reduce_to, unscaled, checked for finiteness, and applied on every device
     by MomentumSGD.rule. A step with non-finite gradients changes nothing but the loss scale
-    (dynamic) and says so in "finite". loss = mean cross-entropy + the model's weight decay.
+    (dynamic) and says so in "finite". loss = mean cross-entropy + the model's weight decay;
+    with `label_smoothing` s the target puts 1 - s on the label and s / classes everywhere.
     images/labels: per-replica values (distribute_batch), or plain tensors on one device.
     Without a strategy: the default one (one device); global_batch_size defaults to the
     batch's size times the replicas."""
@@ -187,8 +189,15 @@ def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strat
         labels = tf.cast(labels, tf.int32)
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
-            cross_entropy = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=labels, logits=logits)) / global_batch
+            if label_smoothing:
+                classes = logits.shape[-1]
+                targets = tf.one_hot(labels, classes) * (1 - label_smoothing) + \
+                    label_smoothing / classes
+                per_image = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+            else:
+                per_image = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
+                                                                           logits=logits)
+            cross_entropy = tf.reduce_sum(per_image) / global_batch
             # Every replica adds its share, so the sum over replicas has it once.
             loss = cross_entropy + tf.cast(model.weight_decay_loss(), tf.float32) / num_replicas
             scaled = loss * loss_scale.scale if loss_scale is not None else loss

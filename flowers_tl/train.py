@@ -28,6 +28,7 @@ from flowers_tl import config as config_lib  # noqa: E402  (loads no TensorFlow)
 CLI_CONFIG = config_lib.resolve_or_exit(sys.argv[1:]) if __name__ == "__main__" else None
 
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
@@ -40,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 from flowers_tl.builtin import SourceNotReady, built_in_data  # noqa: E402
 from flowers_tl.checkpoint import restore_pretrained  # noqa: E402
 from flowers_tl.data import list_folder, split  # noqa: E402
+from flowers_tl.evaluation import evaluate, split_warnings  # noqa: E402, F401
 from flowers_tl.model import ResNet50, get_model_meta  # noqa: E402
 from flowers_tl.results import throughput_from_step_rows  # noqa: E402
 from flowers_tl.step import (LossScale, MomentumSGD, distribute_batch, make_strategy,  # noqa: E402
@@ -92,30 +94,6 @@ def input_report(train_reader, val_bad_files: dict) -> dict:
                       first_bad_files=[list(pair) for pair in stats.first_bad_files]
                       + report["first_bad_files"])
     return report
-
-
-# ------------------------------------------------------------------------------- evaluation
-def evaluate(predict, files, labels, config: config_lib.RunConfig,
-             bad_files: dict | None = None) -> float | None:
-    """Accuracy over the files that decode (None if none does); the reader's skipped files
-    and reasons go into bad_files. An evaluation batch whose files are all bad is skipped and
-    reported, not fatal."""
-    from flowers_tl.reader import Reader
-    correct = counted = 0
-    with Reader(files, labels, batch_size=config.train.batch_size,
-                image_size=config.reader.image_size, training=False,
-                num_threads=config.reader.reader_threads, num_epochs=1,
-                fill_bad_slots=False) as reader:
-        for images, batch_labels in reader:
-            good = batch_labels >= 0  # a slot whose file failed has label -1
-            if not good.any():
-                continue
-            predictions = predict(tf.constant(images[good])).numpy()
-            correct += int((predictions == batch_labels[good]).sum())
-            counted += int(good.sum())
-        if bad_files is not None:
-            bad_files.update(reader.summary().first_bad_files)
-    return correct / counted if counted else None
 
 
 # ------------------------------------------------------------------------------- checkpoint
@@ -207,10 +185,18 @@ def default_train_url() -> str:
 
 
 def learning_rate_at_step(schedule, step: int, steps_per_epoch: int,
-                          warmup_epochs: float = 0) -> float:
-    """The piecewise rate at this step, ramped linearly up from 0 over the warm-up epochs."""
+                          warmup_epochs: float = 0, shape: str = "step") -> float:
+    """The rate at this step: the piecewise schedule ("step"), or from its first rate down to 0
+    at its last epoch along a half cosine or a line (after the warm-up); ramped linearly up
+    from 0 over the warm-up epochs."""
     epoch = step / steps_per_epoch
-    rate = config_lib.learning_rate_at(schedule, epoch)
+    if shape == "step":
+        rate = config_lib.learning_rate_at(schedule, epoch)
+    else:
+        end = schedule[-1][0]
+        progress = min(1.0, max(0.0, (epoch - warmup_epochs) / max(end - warmup_epochs, 1e-9)))
+        rate = schedule[0][1] * (0.5 * (1 + math.cos(math.pi * progress)) if shape == "cosine"
+                                 else 1 - progress)
     if epoch < warmup_epochs:
         rate *= (step + 1) / (warmup_epochs * steps_per_epoch)
     return rate
@@ -264,11 +250,13 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
     with strategy.scope():
         model = ResNet50(config.model, num_classes=classes, seed=train_cfg.seed)
         optimizer = MomentumSGD(
-            learning_rate_at_step(schedule, 0, steps_per_epoch, train_cfg.warmup_epochs),
+            learning_rate_at_step(schedule, 0, steps_per_epoch, train_cfg.warmup_epochs,
+                                  train_cfg.lr_schedule_shape),
             momentum=train_cfg.momentum)
         loss_scale = LossScale(train_cfg.loss_scale) if train_cfg.loss_scale else None
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        step_fn = make_train_step(model, optimizer, strategy, global_batch, loss_scale)
+        step_fn = make_train_step(model, optimizer, strategy, global_batch, loss_scale,
+                                  label_smoothing=train_cfg.label_smoothing)
     predict = tf.function(lambda images: tf.argmax(model(images, training=False), -1,
                                                    output_type=tf.int32),
                           jit_compile=config.model.xla)
@@ -303,6 +291,8 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
               f"as given (not scaled with the global batch); {steps_per_epoch} steps per epoch, "
               f"{total_steps} steps", flush=True)
         print("\n".join(restore_lines), flush=True)
+        for line in split_warnings(config, len(val_set)):
+            print(line, flush=True)
 
     # ---- the loop
     log = MetricsLog(train_url, chief)
@@ -314,6 +304,7 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
     first_step_time = None
     last_save = time.time()
     step_rows = []
+    eval_seconds = 0.0  # evaluation counts in the clock; reported on its own too
     epoch_correct, epoch_seen = 0.0, 0
     target_event = None
     best = {"train": 0.0, "val": 0.0}
@@ -325,7 +316,8 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
             break
         epoch = step // steps_per_epoch
         optimizer.learning_rate.assign(
-            learning_rate_at_step(schedule, step, steps_per_epoch, train_cfg.warmup_epochs))
+            learning_rate_at_step(schedule, step, steps_per_epoch, train_cfg.warmup_epochs,
+                                  train_cfg.lr_schedule_shape))
         wait_start = time.perf_counter()
         images, labels = next(batches)
         compute_start = time.perf_counter()
@@ -369,12 +361,16 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
                   f"acc {accuracy:.3f} lr {row['learning_rate']:g} {speed}", flush=True)
         if step % steps_per_epoch == 0 or step == total_steps:
             values = {"train": epoch_correct / max(epoch_seen, 1)}
-            if len(val_set):
+            if len(val_set) and ((epoch + 1) % train_cfg.eval_every_epochs == 0 or
+                                 step == total_steps):
+                eval_start = time.time()
                 values["val"] = evaluate(predict, list(val_set.files), list(val_set.labels),
                                          config, val_bad_files)
+                eval_seconds += time.time() - eval_start
             epoch_row = {"kind": "epoch", "epoch": epoch + 1 if step % steps_per_epoch == 0
                          else round(step / steps_per_epoch, 3), "step": step,
                          "train_accuracy": values["train"], "val_accuracy": values.get("val"),
+                         "eval_seconds": round(eval_seconds, 3),
                          "time": round(time.time() - PROCESS_START, 2)}
             log.write(epoch_row, step)
             for key, value in values.items():
@@ -389,7 +385,7 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
             if target_event is None and metric is not None and \
                     metric >= train_cfg.target_accuracy:
                 target_event = target_reached(log, train_cfg, metric, step, first_step_time,
-                                              start_step, len(val_set), chief)
+                                              start_step, len(val_set), eval_seconds, chief)
                 if train_cfg.stop_at_target:
                     stop_reason = "target reached"
                     break
@@ -400,16 +396,16 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
     save_checkpoint(manager, step)
     return finish(config, resolved, train_url, model, dataset, step_rows, stop_reason, step,
                   total_steps, replicas, global_batch, best, len(val_set), target_event,
-                  input_report(input_readers.get("reader"), val_bad_files), interrupted, chief)
+                  input_report(input_readers.get("reader"), val_bad_files), eval_seconds, chief)
 
 
 def target_reached(log, train_cfg, metric, step, first_step_time, start_step, val_images,
-                   chief) -> dict:
+                   eval_seconds, chief) -> dict:
     now = time.time()
     event = {"kind": "target", "metric": f"{train_cfg.target_metric}_accuracy",
              "split": train_cfg.target_metric, "target": train_cfg.target_accuracy,
              "value": metric, "step": step, "seed": train_cfg.seed,
-             "val_images": val_images,
+             "val_images": val_images, "eval_seconds": eval_seconds,
              "seconds_from_process_start": now - PROCESS_START,
              "seconds_from_first_step": now - first_step_time,
              "resumed_from_step": start_step or None}
@@ -423,7 +419,7 @@ def target_reached(log, train_cfg, metric, step, first_step_time, start_step, va
 
 def finish(config, resolved, train_url, model, dataset, step_rows, stop_reason, step,
            total_steps, replicas, global_batch, best, val_images, target_event, input_summary,
-           interrupted, chief) -> dict:
+           eval_seconds, chief) -> dict:
     """result.json, the bad-file report and the export (chief only); returns the summary."""
     timed = [row for row in step_rows if not row["warmup"]]
     throughput = throughput_from_step_rows(timed, replicas) if timed else {}
@@ -434,6 +430,8 @@ def finish(config, resolved, train_url, model, dataset, step_rows, stop_reason, 
                "global_batch": global_batch, "best_train_accuracy": best["train"],
                "best_val_accuracy": best["val"] if val_images else None,
                "time_to_target": target_event, "seconds": time.time() - PROCESS_START,
+               "eval_seconds": eval_seconds, "val_images": val_images,
+               "warnings": split_warnings(config, val_images),
                "config": config_lib.to_dict(resolved), "input": input_summary}
     if not chief:
         return summary

@@ -22,12 +22,18 @@ def test_built_in_run_on_a_cpu_gets_the_cpu_preset_and_says_so():
 
 
 def test_named_dataset_gets_the_recipe_defaults(tmp_path):
-    config = resolve({"data_url": str(tmp_path), "checkpoint_url": "none"}, gpus_available=0)
+    checkpoint = tmp_path / "resnet_v1_50.ckpt"
+    checkpoint.write_bytes(b"")  # fine-tuning (an empty folder: no step count, no BN rule)
+    config = resolve({"data_url": str(tmp_path), "checkpoint_url": str(checkpoint)},
+                     gpus_available=0)
     assert (config.reader.image_size, config.train.batch_size, config.train.epochs) == \
         (224, 64, 20)
     assert config.train.lr_schedule == "10:0.01,20:0.001" and config.run.note == ""
-    gpu = resolve({"data_url": str(tmp_path), "checkpoint_url": "none"}, gpus_available=4)
+    assert config.train.target_metric == "val"  # the clock runs on held-out accuracy
+    gpu = resolve({"data_url": str(tmp_path), "checkpoint_url": str(checkpoint),
+                   "batch_size": 16}, gpus_available=4)
     assert gpu.train.num_gpus == 4 and gpu.model.data_format == "NCHW"
+    assert gpu.train.lr_schedule == "10:0.01,20:0.001"  # global batch 64: the recipe's own
 
 
 def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):

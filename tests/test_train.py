@@ -70,10 +70,15 @@ def test_tiny_run_learns_logs_checkpoints_and_exports(easy_data, tmp_path):
     # reach the target at some epoch (it does by epoch 6-10 with seed 0).
     code, output = run(train_command(easy_data, url, "--epochs", "16", "--lr_schedule",
                                      "16:0.003", "--val_fraction", "0.2",
-                                     "--target_accuracy", "0.9", "--export", "true"))
+                                     "--target_accuracy", "0.9", "--export", "true",
+                                     "--target_metric", "train", "--eval_every_epochs", "4"))
     assert code == 0, output[-3000:]
     epochs = metrics(url, "epoch")
     assert len(epochs) == 16 and max(row["train_accuracy"] for row in epochs) >= 0.9, epochs
+    evaluated = [row["epoch"] for row in epochs if row["val_accuracy"] is not None]
+    assert evaluated == [4, 8, 12, 16]  # --eval_every_epochs 4
+    waits = [row["eval_seconds"] for row in epochs]
+    assert waits == sorted(waits) and waits[3] > 0 and waits[2] == 0  # evaluation time, summed
     steps = metrics(url, "step")
     for row in steps:  # the per-step schema the sweep reads (flowers_tl.results)
         check_step_row(row)
@@ -85,6 +90,10 @@ def test_tiny_run_learns_logs_checkpoints_and_exports(easy_data, tmp_path):
     assert 0 < target["seconds_from_first_step"] < target["seconds_from_process_start"]
     result = json.load(open(url / "result.json"))
     assert result["stop_reason"] == "finished" and result["export"].endswith("export/1")
+    from flowers_tl.data import list_folder, split
+    assert result["eval_seconds"] == pytest.approx(waits[-1], abs=1e-3)
+    assert result["val_images"] == len(split(list_folder(easy_data), 0.2, 0)[1]) > 0
+    assert result["warnings"] == []  # the clock ran on train accuracy
     timed = [row for row in steps if not row["warmup"]]
     assert result["images_per_sec"] == pytest.approx(
         8 * len(timed) / sum(row["step_seconds"] for row in timed))
