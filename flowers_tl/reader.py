@@ -71,7 +71,7 @@ class ReaderConfig:
     # Allowed M of the DCT scale M/8 (why these: DecoderOptions::allowed_scales in jpeg_decode.h).
     dct_scales: tuple[int, ...] = tuple(_DEFAULTS.decoder.dct_scales)
     fast_idct: bool = _DEFAULTS.decoder.fast_idct  # JDCT_IFAST (tf's default), not ISLOW
-    fancy_upsampling: bool = _DEFAULTS.decoder.fancy_upsampling  # False: merged, ~7% faster
+    fancy_upsampling: bool = _DEFAULTS.decoder.fancy_upsampling  # False: merged upsampler, faster
     max_pixels: int = _DEFAULTS.decoder.max_pixels  # larger headers refused before allocation
     skip_bad_files: bool = _DEFAULTS.skip_bad_files
     # A skipped file's slot: a copy of the next good image (batches stay full), or, False,
