@@ -5,7 +5,12 @@ a knob only when neither the user (flags, --config file) nor a preset set it, an
 the run's note, printed at the top of every run:
 
 - from scratch (--checkpoint_url none): residual branches start at zero and the rate warms up
-  (what lets ResNet-50 train from scratch at small batches, Goyal et al. 2017);
+  (what lets ResNet-50 train from scratch at small batches, Goyal et al. 2017); with no schedule
+  given, a from-scratch schedule (0.1 per 64 images, half-cosine to 0 over the run) instead of
+  the fine-tuning recipe's, and, for runs under 30 epochs, crops of at least 35% of the photo.
+  Measured on scikit-learn's digits from scratch, 8 epochs (README/issue notes): the recipe's
+  rate stretched 69% held-out, x2.5 74%, + crops >= 0.35 81%, rate x5 91%, cosine 93%,
+  cosine at 0.1 95%; label smoothing 0.1 lost 3 points, so it stays off;
 - a schedule stretched to --epochs when epochs are given but no schedule (the recipe's
   `10:0.01,20:0.001` over 8 epochs would never decay);
 - learning rates scaled with the global batch (the linear scaling rule) when no schedule is
@@ -23,6 +28,9 @@ from typing import Any
 
 RECIPE_SCHEDULE = "10:0.01,20:0.001"  # MoXing's, for a global batch of RECIPE_BATCH
 RECIPE_BATCH = 64
+SCRATCH_RATE = 0.1  # per RECIPE_BATCH images, from scratch, half-cosine to 0 (see above)
+SHORT_RUN_EPOCHS = 30  # below: milder crops from scratch
+SHORT_RUN_CROP_AREA_MIN = 0.35  # fast.ai's DAWNBench ImageNet runs used the same floor
 BN_FORGET_STEPS = 10  # the moving averages keep e^-10 of their start after the run
 BN_MOMENTUM_RANGE = (0.9, 0.997)
 
@@ -78,10 +86,20 @@ def adapt(values: dict[str, Any], chosen: set[str]) -> list[str]:
         set_value("zero_init_residual", True, "from scratch, every residual unit starts as the "
                   "identity (zero last BN gamma), which keeps small-batch training stable")
     epochs = get("epochs")
+    if scratch and free("crop_area_min") and epochs < SHORT_RUN_EPOCHS:
+        set_value("crop_area_min", SHORT_RUN_CROP_AREA_MIN, f"from scratch in under "
+                  f"{SHORT_RUN_EPOCHS} epochs, crops keep at least a third of the photo")
+    if scratch and free("lr_schedule"):
+        values["lr_schedule"] = f"{epochs:g}:{SCRATCH_RATE:g}"
+        reasons.append(f"lr_schedule={values['lr_schedule']}: from scratch, {SCRATCH_RATE:g} per "
+                       f"{RECIPE_BATCH} images over the run, not the fine-tuning recipe's rates")
+        if free("lr_schedule_shape"):
+            set_value("lr_schedule_shape", "cosine", "from scratch, the rate falls along a "
+                      "half cosine to 0 at the last epoch")
     if free("lr_schedule"):
         schedule = _schedule(get("lr_schedule"))
         last = schedule[-1][0]
-        if "epochs" in chosen and not math.isclose(last, epochs):
+        if "epochs" in chosen and not math.isclose(last, epochs) and not scratch:
             schedule = [(boundary * epochs / last, rate) for boundary, rate in schedule]
             set_value("lr_schedule", _format(schedule), f"the schedule stretched from {last:g} "
                       f"to the run's {epochs:g} epochs, so it still decays")

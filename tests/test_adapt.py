@@ -15,6 +15,13 @@ def folder_of(root, classes=10, per_class=180):
     return str(root)
 
 
+def checkpoint(root):
+    """A pretrained checkpoint's path (fine-tuning); its contents do not matter here."""
+    path = root / "resnet_v1_50.ckpt"
+    path.write_bytes(b"")
+    return str(path)
+
+
 def reasons(config):
     return {part.split(":", 1)[0].split("=")[0]: part for part in config.run.note.split("; ")}
 
@@ -33,32 +40,57 @@ def test_from_scratch_starts_residual_branches_at_zero_and_warms_up(tmp_path):
     assert "zero_init_residual" not in reasons(given) and "warmup_epochs" not in reasons(given)
 
 
-def test_epochs_without_a_schedule_stretch_the_schedule(tmp_path):
+def test_from_scratch_without_a_schedule_gets_the_from_scratch_schedule_and_milder_crops(
+        tmp_path):
     config = resolve({"data_url": folder_of(tmp_path / "d"), "checkpoint_url": "none",
                       "epochs": 8}, gpus_available=0)
+    assert (config.train.lr_schedule, config.train.lr_schedule_shape) == ("8:0.1", "cosine")
+    assert config.reader.crop_area_min == 0.35
+    said = reasons(config)
+    assert said["lr_schedule"] == ("lr_schedule=8:0.1: from scratch, 0.1 per 64 images over "
+                                   "the run, not the fine-tuning recipe's rates")
+    assert said["lr_schedule_shape"].startswith("lr_schedule_shape=cosine: from scratch")
+    assert said["crop_area_min"].startswith("crop_area_min=0.35: from scratch in under 30")
+    half = resolve({"data_url": config.data.data_url, "checkpoint_url": "none", "epochs": 8,
+                    "batch_size": 32}, gpus_available=0)
+    assert half.train.lr_schedule == "8:0.05"  # linear scaling applies to it too
+    long = resolve({"data_url": config.data.data_url, "checkpoint_url": "none", "epochs": 40},
+                   gpus_available=0)
+    assert long.reader.crop_area_min == 0.08  # 40 epochs: the recipe's crops
+    given = resolve({"data_url": config.data.data_url, "checkpoint_url": "none", "epochs": 8,
+                     "lr_schedule": "4:0.01,8:0.001", "lr_schedule_shape": "step",
+                     "crop_area_min": 0.08}, gpus_available=0)
+    assert (given.train.lr_schedule, given.train.lr_schedule_shape,
+            given.reader.crop_area_min) == ("4:0.01,8:0.001", "step", 0.08)
+
+
+def test_epochs_without_a_schedule_stretch_the_schedule(tmp_path):
+    config = resolve({"data_url": folder_of(tmp_path / "d"),
+                      "checkpoint_url": checkpoint(tmp_path), "epochs": 8}, gpus_available=0)
     assert config.train.lr_schedule == "4:0.01,8:0.001"
     assert reasons(config)["lr_schedule"] == ("lr_schedule=4:0.01,8:0.001: the schedule "
                                               "stretched from 20 to the run's 8 epochs, so it "
                                               "still decays")
-    given = resolve({"data_url": folder_of(tmp_path / "e"), "checkpoint_url": "none",
-                     "epochs": 8, "lr_schedule": "10:0.1"}, gpus_available=0)
+    given = resolve({"data_url": folder_of(tmp_path / "e"),
+                     "checkpoint_url": checkpoint(tmp_path), "epochs": 8,
+                     "lr_schedule": "10:0.1"}, gpus_available=0)
     assert given.train.lr_schedule == "10:0.1"  # as given, even if it outlasts the run
 
 
 def test_rates_follow_the_global_batch_by_the_linear_scaling_rule(tmp_path):
-    data = folder_of(tmp_path / "d")
-    small = resolve({"data_url": data, "checkpoint_url": "none", "batch_size": 32},
+    data, pretrained = folder_of(tmp_path / "d"), checkpoint(tmp_path)
+    small = resolve({"data_url": data, "checkpoint_url": pretrained, "batch_size": 32},
                     gpus_available=0)
     assert small.train.lr_schedule == "10:0.005,20:0.0005"
     assert reasons(small)["lr_schedule"].endswith("rates scaled x0.5 from global batch 64 to 32 "
                                                   "(linear scaling rule)")
-    four = resolve({"data_url": data, "checkpoint_url": "none", "batch_size": 32,
+    four = resolve({"data_url": data, "checkpoint_url": pretrained, "batch_size": 32,
                     "cpu_devices": 4}, gpus_available=0)  # global batch 128
     assert four.train.lr_schedule == "10:0.02,20:0.002"
     assert four.train.warmup_epochs == 2.0  # larger rate: a warm-up of epochs / 10
     assert reasons(four)["warmup_epochs"] == ("warmup_epochs=2.0: a larger scaled rate starts "
                                              "after a linear warm-up")
-    reference = resolve({"data_url": data, "checkpoint_url": "none", "batch_size": 32,
+    reference = resolve({"data_url": data, "checkpoint_url": pretrained, "batch_size": 32,
                          "lr_reference_batch": 32}, gpus_available=0)
     assert reference.train.lr_schedule == "10:0.01,20:0.001"
 
