@@ -32,3 +32,18 @@ def test_digits_become_ten_class_folders_of_their_scans(tmp_path):
         assert np.abs(decoded.astype(int) - scan).mean() < 4, index
     with pytest.raises(FileExistsError, match="folder is not empty"):
         write_digits(root, size=16)
+
+
+def test_digits_subset_keeps_only_the_named_classes(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from bench.realdata import main, write_digits
+
+    root = write_digits(str(tmp_path / "low"), size=8, digits=[0, 1, 2])
+    listing = list_folder(root)
+    target = load_digits().target
+    assert listing.class_names == ("0", "1", "2")
+    assert len(listing.files) == int(np.isin(target, [0, 1, 2]).sum())
+    for bad in ("3,3", "x", "10", ""):
+        assert main(["digits", "--out", str(tmp_path / f"bad{bad}"), "--size", "8",
+                     "--digits", bad]) == 2
