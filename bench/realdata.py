@@ -100,9 +100,10 @@ def photo_variant(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.resize(window, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def write_photos(out_dir: str, variants: int = 16, seed: int = 0) -> str:
-    """Writes package_photos() as out_dir/<photo>/<photo>_<variant:03d>.jpg (out_dir must be
-    missing or empty); returns its absolute path. Same arguments, same bytes."""
+def write_photos(out_dir: str, variants: int = 16, seed: int = 0,
+                 names: Sequence[str] | None = None) -> str:
+    """Writes package_photos() (or only those in `names`) as out_dir/<photo>/<photo>_<variant:03d>.jpg
+    (out_dir must be missing or empty); returns its absolute path. Same arguments, same bytes."""
     from flowers_tl.synth import KIND_SCHEDULE
     from flowers_tl.synth_render import draw_quality, encode_bgr
 
@@ -111,7 +112,13 @@ def write_photos(out_dir: str, variants: int = 16, seed: int = 0) -> str:
         raise FileExistsError(f"{out_dir}: folder is not empty; remove it or pick another --out")
     if variants < 1:
         raise ValueError(f"--variants {variants}: must be >= 1")
-    for number, (name, photo) in enumerate(package_photos().items()):
+    photos = package_photos()
+    unknown = sorted(set(names or ()) - photos.keys())
+    if unknown:
+        raise ValueError(f"unknown photos {unknown}; the package photos are {sorted(photos)}")
+    for number, (name, photo) in enumerate(photos.items()):
+        if names is not None and name not in names:
+            continue
         folder = os.path.join(out_dir, name)
         os.makedirs(folder, exist_ok=True)
         for variant in range(variants):
