@@ -13,6 +13,7 @@
 #include <jpeglib.h>
 
 #include "batch_reader.h"
+#include "profile.h"
 
 namespace py = pybind11;
 using namespace flowers;
@@ -387,6 +388,46 @@ PYBIND11_MODULE(_reader, m) {
                             decoder_options.allowed_scales);
   }, py::arg("box_width"), py::arg("box_height"), py::arg("min_width"), py::arg("min_height"),
      py::arg("decoder_options") = DecoderOptions());
+
+  // bench.profile: where the time goes in one crop (profile.h). Seconds per stage, min of repeats.
+  m.def("profile_crop", [](const std::string& path, const ImageOptions& image_options,
+                           const DecoderOptions& decoder_options, uint64_t seed, int64_t epoch,
+                           int64_t file_index, int repeats) {
+    const ImageOptions image = image_options;
+    const DecoderOptions decoder = decoder_options;
+    StageProfile profile;
+    {
+      py::gil_scoped_release release;
+      profile = profile_crop(path, image, decoder, seed, epoch, file_index, repeats);
+    }
+    py::dict out;
+    out["read"] = profile.read;
+    out["header"] = profile.header;
+    out["start"] = profile.start;
+    out["entropy"] = profile.entropy;
+    out["idct"] = profile.idct;
+    out["upsample"] = profile.upsample;
+    out["color_convert"] = profile.color_convert;
+    out["decode_other"] = profile.decode_other;
+    out["resize"] = profile.resize;
+    out["hooked_total"] = profile.hooked_total;
+    out["timer_overhead"] = profile.timer_overhead;
+    out["reader_total"] = profile.reader_total;
+    out["full_entropy"] = profile.full_entropy;
+    out["full_decode_ycbcr"] = profile.full_decode_ycbcr;
+    out["full_decode_rgb"] = profile.full_decode_rgb;
+    out["crop_no_dct_scaling"] = profile.crop_no_dct_scaling;
+    out["width"] = profile.width;
+    out["height"] = profile.height;
+    out["scale_num"] = profile.scale_num;
+    out["entropy_fraction"] = profile.entropy_fraction;
+    out["multi_scan"] = profile.multi_scan;
+    out["merged_upsampler"] = profile.merged_upsampler;
+    out["timer_calls"] = profile.timer_calls;
+    return out;
+  }, py::arg("path"), py::arg("image_options"), py::arg("decoder_options"), py::arg("seed"),
+     py::arg("epoch"), py::arg("file_index"), py::arg("repeats"),
+     "Per-stage seconds of the crop a reader (seed) draws for file_index in epoch (profile.h)");
 
   py::class_<BatchReader>(m, "BatchReader")
       .def(py::init([](std::vector<std::string> paths, std::vector<int32_t> labels,

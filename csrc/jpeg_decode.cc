@@ -199,6 +199,7 @@ void JpegDecoder::run_decode(const CropBox* box, int min_width, int min_height,
     // Widens the window to iMCU boundaries: crop_x moves left, crop_width grows.
     jpeg_crop_scanline(cinfo, &crop_x, &crop_width);
   }
+  if (observer_ != nullptr) observer_->after_start(cinfo);
   const int skip_left = x0 - static_cast<int>(crop_x);
   const int width = x1 - x0, height = y1 - y0;
   const size_t row_bytes = static_cast<size_t>(cinfo->output_width) * 3;  // after the crop

@@ -80,6 +80,15 @@ struct DecoderOptions {
   bool fancy_upsampling = true;
 };
 
+// Profiling only (csrc/profile.cc): sees libjpeg's decompressor inside decode_region() once
+// jpeg_start_decompress and the column crop are done, before any row is skipped or read, which
+// is where libjpeg's per-module methods (entropy decoder, IDCT controller, upsampler, colour
+// converter) can be wrapped in timers. Must not throw (it runs under libjpeg's setjmp).
+struct DecodeObserver {
+  virtual ~DecodeObserver() = default;
+  virtual void after_start(jpeg_decompress_struct* cinfo) noexcept = 0;
+};
+
 class JpegDecoder {
  public:
   explicit JpegDecoder(const DecoderOptions& options = DecoderOptions());
@@ -101,6 +110,9 @@ class JpegDecoder {
   void decode_region(const CropBox& box, int min_width, int min_height, bool use_dct_scaling,
                      DecodedRegion* out);
 
+  // nullptr (the default) for none; the observer must outlive the decodes it watches.
+  void set_observer(DecodeObserver* observer) { observer_ = observer; }
+
  private:
   struct State;
   // All libjpeg calls live in these two functions: they hold the setjmp for libjpeg's errors,
@@ -111,6 +123,7 @@ class JpegDecoder {
 
   State* state_;
   DecoderOptions options_;
+  DecodeObserver* observer_ = nullptr;
 };
 
 // Chooses the smallest allowed M in 1..8 with box_width*M/8 >= min_width and

@@ -98,7 +98,7 @@ def test_class_offset_gives_another_family(tmp_path):
 
 def test_default_sizes_look_like_tf_flowers():
     generators = (np.random.default_rng([0, 0, index]) for index in range(2000))
-    sizes = np.array([synth._image_size(rng, None, None) for rng in generators])
+    sizes = np.array([synth.draw_image_size(rng, None, None) for rng in generators])
     typical = np.all((sizes >= 240) & (sizes <= 500), axis=1).mean()
     large = (sizes.max(axis=1) > 600).mean()
     assert typical > 0.9 and 0.01 < large < 0.06 and sizes.max() <= 1024
@@ -107,7 +107,7 @@ def test_default_sizes_look_like_tf_flowers():
 
 def test_min_and_max_side_bound_the_sizes():
     for index in range(200):
-        height, width = synth._image_size(np.random.default_rng(index), 40, 64)
+        height, width = synth.draw_image_size(np.random.default_rng(index), 40, 64)
         assert 40 <= min(height, width) and max(height, width) <= 64
 
 
@@ -140,3 +140,28 @@ def test_default_dataset_is_generated_once_and_cached(tmp_path, monkeypatch):
     assert os.stat(os.path.join(first, "daisy", "daisy_00000.jpg")).st_mtime_ns == stamp
     assert os.listdir(tmp_path / "cache") == [os.path.basename(first)]  # no temp folder left behind
     assert len(list_folder(first)) == 4
+
+
+def test_detail_stream_changes_fine_detail_only():
+    # The scene (what a class draws) comes from `rng`; texture, noise and quality from `detail`.
+    # Two detail seeds must give the same picture once the fine detail is blurred away: after a
+    # 5 px Gaussian they differ by ~1.6 grey levels on average (what is left of the texture's
+    # longest periods, ~40 px), two different scenes by ~40.
+    from flowers_tl import synth_render
+
+    family = tuple(synth.flower_class(index) for index in range(5))
+    renders = [synth_render.render(np.random.default_rng([0, 3, 1]), family[3], family, 120, 160,
+                                   np.random.default_rng([0, 3, 1, detail])) for detail in (1, 2)]
+    assert np.abs(renders[0] - renders[1]).mean() * 255 > 2  # the detail does differ
+    smooth = [cv2.GaussianBlur(image, (0, 0), 5) for image in renders]
+    assert np.abs(smooth[0] - smooth[1]).mean() * 255 < 3
+
+
+def test_quality_mix_is_the_stated_one():
+    from flowers_tl import synth_render
+
+    rng = np.random.default_rng(0)
+    qualities = np.array([synth_render.draw_quality(rng) for _ in range(4000)])
+    assert qualities.min() == 70 and qualities.max() == 96
+    assert abs((qualities >= 92).mean() - 0.4) < 0.03 and abs((qualities < 84).mean() - 0.2) < 0.03
+    assert 87 < qualities.mean() < 89

@@ -150,9 +150,10 @@ def test_rejects_mismatched_files_and_labels(tiny_set):
 
 def test_eval_pixels_differ_from_the_readers_as_geometry_py_says(tmp_path):
     # flowers_tl.geometry states the difference between tf.data's eval images (fast IDCT, no
-    # antialiasing, whole-pixel resize then crop) and the C++ reader's: a mean of 2.6 grey levels
-    # over these 8 synthetic flowers at 224 (1.3 to 4.1 per image), max 134. Bounds around it,
-    # so that the statement stays true (tighter than this would test the synthetic renderer).
+    # antialiasing, whole-pixel resize then crop) and the C++ reader's: a mean of 3.7 grey levels
+    # over these 8 synthetic flowers at 224 (1.5 to 7.1 per image), max 129 (generator version 2,
+    # whose fine texture aliases more than version 1's smooth scenes: 2.6, 1.3 to 4.1, 134).
+    # Bounds around it, so that the statement stays true (tighter would test the renderer).
     from flowers_tl import synth
     from flowers_tl.reader import augment
 
@@ -169,5 +170,5 @@ def test_eval_pixels_differ_from_the_readers_as_geometry_py_says(tmp_path):
         difference = np.abs(images[0].astype(int) - reader.astype(int))
         means.append(difference.mean())
         maxima.append(difference.max())
-    assert 2.0 < np.mean(means) < 3.2 and 1.0 < min(means) and max(means) < 5.0, means
+    assert 3.0 < np.mean(means) < 4.5 and 1.0 < min(means) and max(means) < 8.5, means
     assert 100 < max(maxima) <= 160, maxima
