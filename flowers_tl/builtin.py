@@ -37,8 +37,10 @@ def built_in_data(config: config_lib.RunConfig) -> tuple[str, str]:
 def source_folder(config: config_lib.RunConfig) -> str:
     from flowers_tl import synth
 
+    # Keyed by the generator's version too: a source trained on older images is not reused.
     return os.path.join(synth.default_cache_dir(),
-                        f"source-v2-{config.model.variant}-{config.reader.image_size}px")
+                        f"source-v3-synth{synth.GENERATOR_VERSION}-{config.model.variant}-"
+                        f"{config.reader.image_size}px")
 
 
 def source_checkpoint(config: config_lib.RunConfig) -> str:

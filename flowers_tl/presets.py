@@ -47,16 +47,19 @@ class Preset:
 # ------------------------------------------------------------------------------ training
 CPU_DEFAULT = Preset(
     name="cpu-default",
-    doc="""The built-in run on a machine without a GPU: CPU-sized (64 px, 300 photos, batch 32).
-    Short fine-tuning runs need batch-norm statistics that keep up (momentum 0.9: 0.997 over
-    500 steps keeps 22% of the source task's), crops that keep the flower (area >= 0.5 of the
-    photo at 64 px) and, from a weak source, a higher rate after one warm-up epoch. Its clock
-    runs on training accuracy: the built-in set's held-out split (~30 photos) is far too small
-    to resolve 95% (a fair built-in stand-in for tf_flowers is still to come).
+    doc="""The built-in run on a machine without a GPU: CPU-sized (64 px, batch 32) on a
+    tf_flowers-like split: 5 classes x 400 generated photos, 20% held out (378 photos at seed
+    0, enough to resolve a 95% target), so its clock runs on held-out accuracy like any other
+    run. Fine-tuning from the built-in source checkpoint: 8 epochs at 0.02 along a half cosine
+    after a 1-epoch warm-up, crops of at least half the photo (at 64 px smaller crops lose the
+    flower), BN momentum 0.9 (400 steps: the averages forget the source task's statistics).
+    Measured on an AMD EPYC (2 cores; 6 epochs of this recipe): 81% held-out, from scratch at
+    the same budget 70% (issue 11's note has the commands); 95% held-out is not reached at
+    this budget.
     Applies by itself when there is no --data_url and no GPU; every value can be overridden.""",
-    overrides=dict(image_size=64, batch_size=32, epochs=50, lr_schedule="30:0.02,50:0.002",
-                   warmup_epochs=1, crop_area_min=0.5, batch_norm_momentum=0.9, per_class=60,
-                   checkpoint_every_minutes=2.0, target_metric="train"),
+    overrides=dict(image_size=64, batch_size=32, per_class=400, val_fraction=0.2, epochs=8,
+                   lr_schedule="8:0.02", lr_schedule_shape="cosine", warmup_epochs=1,
+                   crop_area_min=0.5, batch_norm_momentum=0.9, checkpoint_every_minutes=2.0),
     summary="CPU-sized built-in run (no GPU, no --data_url)",
     applies=lambda explicit, gpus: explicit.get("data_url") is None and gpus == 0)
 

@@ -132,8 +132,10 @@ def test_the_clock_runs_on_held_out_accuracy_unless_there_is_none(tmp_path):
 def test_presets_win_over_the_rules():
     config = resolve({}, gpus_available=0)  # the cpu-default preset sets these itself
     assert config.model.batch_norm_momentum == 0.9
-    assert config.train.lr_schedule == "30:0.02,50:0.002"
-    assert config.train.target_metric == "train"
+    assert config.train.lr_schedule == "8:0.02"
+    assert config.train.lr_schedule_shape == "cosine"
+    assert config.train.target_metric == "val"  # its held-out split resolves the target
+    assert (config.data.per_class, config.data.val_fraction) == (400, 0.2)
 
 
 def test_a_held_out_split_too_small_for_the_target_says_so():
