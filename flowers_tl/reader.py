@@ -364,4 +364,16 @@ def augment(data: bytes, image_size: int, seed: int = 0, **options) -> np.ndarra
     return _reader.augment(data, reader_options.image, reader_options.decoder, seed)
 
 
+def augment_cached(data: bytes, image_size: int, cache_short_side: int, seed: int = 0,
+                   **options) -> tuple[np.ndarray, np.ndarray]:
+    """One image through the cache's path: decoded whole at its capped size (the cached
+    pixels, returned second), then the crop `seed` draws, resampled from those pixels (first).
+    For tests and debugging; options: any ReaderConfig field."""
+    config = _config(batch_size=1, image_size=image_size, seed=seed, num_threads=1,
+                     **options).resolved()
+    reader_options = config.to_options()
+    return _reader.augment_cached(data, reader_options.image, reader_options.decoder, seed,
+                                  cache_short_side)
+
+
 build_info = _reader.build_info
