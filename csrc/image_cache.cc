@@ -1,17 +1,14 @@
-/* The decoded-image cache: planning, the header pass, the cache file's format, fill and
- * publication (see image_cache.h). */
+/* The decoded-image cache: planning, the header pass, reuse or rebuild of a cache file, fill
+ * and publication (see image_cache.h; the file's records are in cache_file.h). */
 #include "image_cache.h"
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -19,51 +16,15 @@
 #include <thread>
 #include <unordered_map>
 
+#include "cache_file.h"
+
 namespace flowers {
+using namespace cache_file;
 namespace {
 
-constexpr uint32_t kFormat = 1;  // bump when the layout below or the pixels' meaning changes
-constexpr char kHeaderMagic[8] = {'F', 'L', 'T', 'L', 'C', 'A', 'C', 'H'};
-constexpr char kFooterMagic[8] = {'F', 'L', 'T', 'L', 'D', 'O', 'N', 'E'};
 // Enough for the header of almost every JPEG; a file whose header runs past it (60 KB EXIF or
 // ICC segments) is read whole.
 constexpr size_t kHeaderPrefixBytes = 64 * 1024;
-
-struct FileHeader {
-  char magic[8];
-  uint32_t format;
-  int32_t short_side;
-  uint64_t key;
-  uint64_t settings;
-  uint64_t num_files;
-  uint64_t pixel_bytes;
-  uint64_t index_offset;
-  uint64_t index_bytes;
-  uint64_t file_bytes;
-  char version[256];  // NUL-terminated, for the rebuild message
-};
-static_assert(sizeof(FileHeader) <= ImageCache::kHeaderBytes, "header fits its page");
-
-struct FileFooter {
-  char magic[8];
-  uint64_t key;
-  uint64_t file_bytes;
-};
-
-// FNV-1a: a validity key against accidents (a changed file, another build), not an adversary.
-struct Hash {
-  uint64_t value = 0xcbf29ce484222325ull;
-  void bytes(const void* data, size_t size) {
-    const auto* p = static_cast<const uint8_t*>(data);
-    for (size_t i = 0; i < size; ++i) value = (value ^ p[i]) * 0x100000001b3ull;
-  }
-  template <typename T>
-  void add(const T& word) { bytes(&word, sizeof(word)); }
-  void add(const std::string& text) {
-    add(static_cast<uint64_t>(text.size()));
-    bytes(text.data(), text.size());
-  }
-};
 
 std::string format_bytes(uint64_t bytes) {
   char text[32];
@@ -73,138 +34,6 @@ std::string format_bytes(uint64_t bytes) {
     std::snprintf(text, sizeof(text), "%.1f MiB", bytes / double(1 << 20));
   }
   return text;
-}
-
-// <folder>/<dataset folder>-<train|eval>-<hash of the common folder>.flcache: one slot per
-// dataset and role (a train split and a held-out split of the same folder do not evict each
-// other), which a changed file list or cap rebuilds in place instead of adding a file.
-std::string cache_file_path(const std::string& folder, const std::vector<std::string>& paths,
-                            bool training) {
-  std::string common = paths[0].substr(0, paths[0].rfind('/') + 1);
-  for (const std::string& path : paths) {
-    while (!common.empty() && path.compare(0, common.size(), common) != 0) {
-      common.pop_back();
-      common = common.substr(0, common.rfind('/') + 1);
-    }
-  }
-  std::string name = common;
-  while (!name.empty() && name.back() == '/') name.pop_back();
-  name = name.substr(name.rfind('/') + 1);
-  for (char& c : name) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') c = '_';
-  }
-  if (name.empty() || name[0] == '.') name = "images" + name;
-  Hash hash;
-  hash.add(common);
-  char suffix[32];
-  std::snprintf(suffix, sizeof(suffix), "-%08x.flcache", static_cast<uint32_t>(hash.value));
-  return folder + "/" + name + (training ? "-train" : "-eval") + suffix;
-}
-
-bool write_all(int fd, const void* data, size_t size, uint64_t offset) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (size > 0) {
-    const ssize_t done = ::pwrite(fd, p, size, static_cast<off_t>(offset));
-    if (done < 0 && errno == EINTR) continue;
-    if (done <= 0) return false;
-    p += done;
-    size -= static_cast<size_t>(done);
-    offset += static_cast<uint64_t>(done);
-  }
-  return true;
-}
-
-bool read_all(int fd, void* data, size_t size, uint64_t offset) {
-  auto* p = static_cast<uint8_t*>(data);
-  while (size > 0) {
-    const ssize_t done = ::pread(fd, p, size, static_cast<off_t>(offset));
-    if (done < 0 && errno == EINTR) continue;
-    if (done <= 0) return false;
-    p += done;
-    size -= static_cast<size_t>(done);
-    offset += static_cast<uint64_t>(done);
-  }
-  return true;
-}
-
-// Bounds-checked reading of the index: a damaged file is refused, never read past its end.
-struct Cursor {
-  const uint8_t* p;
-  size_t left;
-  bool ok = true;
-  template <typename T>
-  T get() {
-    T value{};
-    if (left < sizeof(T)) {
-      ok = false;
-      return value;
-    }
-    std::memcpy(&value, p, sizeof(T));
-    p += sizeof(T);
-    left -= sizeof(T);
-    return value;
-  }
-  std::string text() {
-    const uint32_t size = get<uint32_t>();
-    if (!ok || left < size) {
-      ok = false;
-      return {};
-    }
-    std::string value(reinterpret_cast<const char*>(p), size);
-    p += size;
-    left -= size;
-    return value;
-  }
-};
-
-template <typename T>
-void put(std::vector<uint8_t>* out, const T& value) {
-  const auto* p = reinterpret_cast<const uint8_t*>(&value);
-  out->insert(out->end(), p, p + sizeof(T));
-}
-
-void put_text(std::vector<uint8_t>* out, const std::string& text) {
-  put(out, static_cast<uint32_t>(text.size()));
-  out->insert(out->end(), text.begin(), text.end());
-}
-
-struct IndexEntry {
-  int64_t size = 0, mtime_ns = 0;
-  CachedImage image;
-  std::string path;
-};
-
-IndexEntry read_entry(Cursor* cursor) {
-  IndexEntry entry;
-  entry.size = cursor->get<int64_t>();
-  entry.mtime_ns = cursor->get<int64_t>();
-  entry.image.offset = cursor->get<uint64_t>();
-  entry.image.width = cursor->get<int32_t>();
-  entry.image.height = cursor->get<int32_t>();
-  entry.image.cached_width = cursor->get<int32_t>();
-  entry.image.cached_height = cursor->get<int32_t>();
-  entry.image.ok = cursor->get<uint8_t>() != 0;
-  entry.path = cursor->text();
-  entry.image.reason = cursor->text();
-  return entry;
-}
-
-// Temporary files of this cache left by fills that were killed: <name>.tmp-<pid>-<n>, removed
-// once process <pid> is gone (a fill still running in another process keeps its own).
-void remove_stale_temporaries(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  const std::string folder = path.substr(0, slash);
-  const std::string prefix = path.substr(slash + 1) + ".tmp-";
-  DIR* dir = ::opendir(folder.c_str());
-  if (dir == nullptr) return;
-  while (const dirent* entry = ::readdir(dir)) {
-    const std::string name = entry->d_name;
-    if (name.compare(0, prefix.size(), prefix) != 0) continue;
-    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
-    if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
-      ::unlink((folder + "/" + name).c_str());
-  }
-  ::closedir(dir);
 }
 
 }  // namespace
@@ -246,7 +75,7 @@ ImageCache::ImageCache(const std::vector<std::string>& paths, const CacheOptions
 
   std::string rebuild_reason;
   if (options_.location != "memory") {
-    file_path_ = cache_file_path(options_.location, paths_, training);
+    file_path_ = cache_file::path_for(options_.location, paths_, training);
     if (open_existing(&rebuild_reason)) {
       state_ = State::kReady;
       return;
@@ -353,10 +182,10 @@ bool ImageCache::open_existing(std::string* why_not) {
     ~Closer() { ::close(fd); }
   } closer{fd};
   struct stat status;
-  FileHeader header{};
-  FileFooter footer{};
+  Header header{};
+  Footer footer{};
   if (::fstat(fd, &status) != 0 ||
-      static_cast<uint64_t>(status.st_size) < kHeaderBytes + sizeof(FileFooter) ||
+      static_cast<uint64_t>(status.st_size) < kHeaderBytes + sizeof(Footer) ||
       !read_all(fd, &header, sizeof(header), 0) ||
       std::memcmp(header.magic, kHeaderMagic, sizeof(kHeaderMagic)) != 0) {
     *why_not = "it is not a complete cache file";
@@ -372,7 +201,7 @@ bool ImageCache::open_existing(std::string* why_not) {
       std::memcmp(footer.magic, kFooterMagic, sizeof(kFooterMagic)) != 0 ||
       footer.key != header.key || footer.file_bytes != size ||
       header.index_offset != kHeaderBytes + header.pixel_bytes ||
-      header.index_offset + header.index_bytes + sizeof(FileFooter) != size) {
+      header.index_offset + header.index_bytes + sizeof(Footer) != size) {
     *why_not = "it is incomplete or damaged (no matching end marker)";
     return false;
   }
@@ -501,17 +330,8 @@ void ImageCache::mark_bad(int32_t index, const std::string& reason) {
 std::vector<uint8_t> ImageCache::serialise_index() const {
   std::vector<uint8_t> out;
   for (size_t i = 0; i < images_.size(); ++i) {
-    const CachedImage& image = images_[i];
-    put(&out, identities_[i].size);
-    put(&out, identities_[i].mtime_ns);
-    put(&out, image.offset);
-    put(&out, image.width);
-    put(&out, image.height);
-    put(&out, image.cached_width);
-    put(&out, image.cached_height);
-    put(&out, static_cast<uint8_t>(image.ok));
-    put_text(&out, paths_[i]);
-    put_text(&out, image.reason);
+    write_entry(IndexEntry{identities_[i].size, identities_[i].mtime_ns, images_[i], paths_[i]},
+                &out);
   }
   return out;
 }
@@ -520,7 +340,7 @@ void ImageCache::finish_fill() {
   state_ = State::kReady;
   if (!in_file()) return;
   const std::vector<uint8_t> index = serialise_index();
-  FileHeader header{};
+  Header header{};
   std::memcpy(header.magic, kHeaderMagic, sizeof(kHeaderMagic));
   header.format = kFormat;
   header.short_side = options_.short_side;
@@ -530,9 +350,9 @@ void ImageCache::finish_fill() {
   header.pixel_bytes = pixel_bytes_;
   header.index_offset = kHeaderBytes + pixel_bytes_;
   header.index_bytes = index.size();
-  header.file_bytes = header.index_offset + index.size() + sizeof(FileFooter);
+  header.file_bytes = header.index_offset + index.size() + sizeof(Footer);
   std::snprintf(header.version, sizeof(header.version), "%s", options_.version.c_str());
-  FileFooter footer{};
+  Footer footer{};
   std::memcpy(footer.magic, kFooterMagic, sizeof(kFooterMagic));
   footer.key = key_;
   footer.file_bytes = header.file_bytes;

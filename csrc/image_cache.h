@@ -5,8 +5,9 @@
  * Where: in memory (an anonymous mapping), or in a file of a cache folder that later runs map
  * again instead of decoding. The file is
  *     [header, 4 KiB][pixels][index: per file its path, size, mtime, sizes, offset, status][footer]
- * written under a temporary name, fsync'ed, and renamed into place; the header and the footer
- * both carry the key and the file's length, and both are written last. A fill that is killed
+ * (the records: cache_file.h), written under a temporary name, fsync'ed, and renamed into
+ * place; the header and the footer both carry the key and the file's length, and both are
+ * written last. A fill that is killed
  * therefore leaves only a temporary file (removed by the next fill once its process is gone),
  * never one that passes the checks on open. The key covers the file list and each file's size
  * and mtime, the cap, every decoder setting that changes pixels or which files fail, and the
