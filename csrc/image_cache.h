@@ -7,9 +7,8 @@
  *     [header, 4 KiB][pixels][index: per file its path, size, mtime, sizes, offset, status][footer]
  * (the records: cache_file.h), written under a temporary name, fsync'ed, and renamed into
  * place; the header and the footer both carry the key and the file's length, and both are
- * written last. A fill that is killed
- * therefore leaves only a temporary file (removed by the next fill once its process is gone),
- * never one that passes the checks on open. The key covers the file list and each file's size
+ * written last. A fill that is killed therefore leaves only a temporary file (removed by the
+ * next fill once its process is gone), never one that passes the checks on open. The key covers the file list and each file's size
  * and mtime, the cap, every decoder setting that changes pixels or which files fail, and the
  * build's version string: anything else is rebuilt, with one line saying why.
  *
