@@ -1,4 +1,5 @@
-"""Input-pipeline throughput, side by side in one run: C++ reader vs tf.data vs OpenCV vs DALI.
+"""Input-pipeline throughput, side by side in one run: C++ reader vs tf.data vs OpenCV vs DALI,
+streaming and from a decoded-image cache (cxx-cache vs tf.data's own .cache(), tfdata-cache).
 
     python -m bench.reader --data_url /data/flower_photos --backend cxx,tfdata,dali \\
         --num_threads 1,2 --image_size 224 --seconds 10 --out results/reader.jsonl
@@ -17,7 +18,8 @@ and 95% interval, flowers_tl.results.throughput_stats) comes from splitting the 
 into --num_windows consecutive windows, because a prefetching pipeline hands out queued batches
 in bursts and single batches are not independent; its jitter is tf_cnn_benchmarks' (1.4826 x the
 median absolute deviation of the per-batch rates). A backend that fails gives a row with `error`
-and the run goes on.
+and the run goes on. The cache backends fill their cache before their first batch, so their
+timed rate is the cached one; the fill's time is in the row (cache_fill_seconds).
 
 Rows are flat JSON objects (timm benchmark.py style) appended to --out, one per line, each with
 its config and environment (flowers_tl.env). Without --data_url the built-in generated dataset
@@ -44,7 +46,7 @@ from flowers_tl.env import describe_environment
 from flowers_tl.geometry import TRAIN_AREA_RANGE, TRAIN_ASPECT_RANGE
 from flowers_tl.results import append_row, parse_list, throughput_stats
 
-BACKENDS = ("cxx", "tfdata", "opencv", "dali")
+BACKENDS = ("cxx", "cxx-cache", "tfdata", "tfdata-cache", "opencv", "dali")
 Batch = tuple[np.ndarray, np.ndarray]
 Files = Sequence[str]
 Labels = Sequence[int]
@@ -180,9 +182,11 @@ def run_one(
         "num_files": len(files),
     }
     batches = None
+    info: dict[str, Any] = {}  # what a backend reports about itself (a cache's fill time)
     try:
-        batches = BACKEND_FUNCTIONS[config.backend](config, files, labels)
+        batches = BACKEND_FUNCTIONS[config.backend](config, files, labels, info)
         row.update(time_batches(batches, config, num_classes))
+        row.update(info)
     except Exception as error:  # noqa: BLE001 - a failed backend becomes a row, not a crash
         row["error"] = f"{type(error).__name__}: {error}"
     finally:
@@ -250,17 +254,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         return f"{row['samples_per_sec'] / base:.2f}x" if base and "error" not in row else "-"
 
     lines = [
-        f"{'backend':<8} {'threads':>7} {'img/s':>9} {'± stderr':>9} {'jitter':>8} "
-        f"{'vs tfdata':>9} {'vs dali':>8}"
+        f"{'backend':<12} {'threads':>7} {'img/s':>9} {'± stderr':>9} {'jitter':>8} "
+        f"{'vs tfdata':>9} {'vs tfdata-cache':>15} {'vs dali':>8} {'fill s':>7}"
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"{row['backend']:<8} {row['num_threads']:>7}  error: {row['error'][:100]}")
+            lines.append(f"{row['backend']:<12} {row['num_threads']:>7}  error: {row['error'][:100]}")
             continue
+        fill = row.get("cache_fill_seconds")
         lines.append(
-            f"{row['backend']:<8} {row['num_threads']:>7} {row['samples_per_sec']:>9.1f} "
+            f"{row['backend']:<12} {row['num_threads']:>7} {row['samples_per_sec']:>9.1f} "
             f"{row['samples_per_sec_stderr']:>9.1f} {row['samples_per_sec_jitter']:>8.1f} "
-            f"{ratio(row, 'tfdata'):>9} {ratio(row, 'dali'):>8}"
+            f"{ratio(row, 'tfdata'):>9} {ratio(row, 'tfdata-cache'):>15} {ratio(row, 'dali'):>8} "
+            f"{'-' if fill is None else f'{fill:.1f}':>7}"
         )
     return "\n".join(lines)
 

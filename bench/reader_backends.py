@@ -3,10 +3,19 @@ generator of (uint8 images [B, S, S, 3], int32 labels [B]) batches that frees it
 closed. All do the same work (flowers_tl.geometry's random-resized-crop + flip, or the eval
 resize + central crop), so their images/sec compare pipelines, not recipes.
 
-    cxx     flowers_tl.reader.Reader, the C++ decode-and-augment reader
-    tfdata  flowers_tl.tfdata.make_dataset, the tf.data baseline
-    opencv  N Python threads around OpenCV calls (what a careful person writes in an afternoon)
-    dali    NVIDIA DALI's CPU pipeline, where it is installed
+    cxx           flowers_tl.reader.Reader, the C++ decode-and-augment reader
+    cxx-cache     the same with cache="memory": every file decoded once, crops from pixels
+    tfdata        flowers_tl.tfdata.make_dataset, the tf.data baseline
+    tfdata-cache  the same over tf.data's own .cache() of decoded images (the cache's anchor)
+    opencv        N Python threads around OpenCV calls (what a careful person writes in an
+                  afternoon)
+    dali          NVIDIA DALI's CPU pipeline, where it is installed
+
+The two cache backends keep the same pixels (shorter side at geometry.cache_short_side) and
+fill their cache before their first batch (tf.data's shuffle buffer holds the whole set, so its
+first batch waits for every decode too): bench.reader's timing after the first batch and the
+warm-up is the cached rate, fill excluded. Each reports its fill time in `info`
+("cache_fill_seconds": the reader's own count; for tf.data the time to the first batch).
 
 Each imports its library inside the function, so a missing one fails only its own row.
 """
@@ -15,12 +24,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from flowers_tl.geometry import TRAIN_CROP_MAX_ATTEMPTS, eval_resize_size
+from flowers_tl.geometry import TRAIN_CROP_MAX_ATTEMPTS, cache_short_side, eval_resize_size
 
 if TYPE_CHECKING:
     from bench.reader import ReaderBenchConfig
@@ -30,7 +40,8 @@ Files = Sequence[str]
 Labels = Sequence[int]
 
 
-def cxx_batches(config: ReaderBenchConfig, files: Files, labels: Labels) -> Iterator[Batch]:
+def cxx_batches(config: ReaderBenchConfig, files: Files, labels: Labels, info: dict,
+                cache: str | None = None) -> Iterator[Batch]:
     from flowers_tl.reader import Reader
 
     with Reader(
@@ -41,13 +52,29 @@ def cxx_batches(config: ReaderBenchConfig, files: Files, labels: Labels) -> Iter
         training=config.training,
         num_threads=config.num_threads,
         seed=config.seed,
+        cache=cache,
     ) as reader:
+        first = next(reader)
+        if cache is not None:
+            summary = reader.summary()
+            if summary.cache != "memory":
+                raise RuntimeError(f"the cache is not in use: {summary.cache_message}")
+            info.update(cache_fill_seconds=summary.cache_fill_seconds,
+                        cache_bytes=summary.cache_bytes)
+        yield first
         yield from reader
 
 
-def tfdata_batches(config: ReaderBenchConfig, files: Files, labels: Labels) -> Iterator[Batch]:
+def cxx_cache_batches(config: ReaderBenchConfig, files: Files, labels: Labels,
+                      info: dict) -> Iterator[Batch]:
+    yield from cxx_batches(config, files, labels, info, cache="memory")
+
+
+def tfdata_batches(config: ReaderBenchConfig, files: Files, labels: Labels, info: dict,
+                   cached: bool = False) -> Iterator[Batch]:
     from flowers_tl.tfdata import make_dataset
 
+    start = time.perf_counter()
     dataset = make_dataset(
         files,
         labels,
@@ -59,11 +86,23 @@ def tfdata_batches(config: ReaderBenchConfig, files: Files, labels: Labels) -> I
         area_range=config.area_range,
         aspect_range=config.aspect_range,
         drop_remainder=True,
+        cache_short_side=cache_short_side(config.image_size) if cached else None,
     )
-    yield from dataset.as_numpy_iterator()
+    batches = dataset.as_numpy_iterator()
+    first = next(batches)
+    if cached:
+        info["cache_fill_seconds"] = time.perf_counter() - start
+    yield first
+    yield from batches
 
 
-def opencv_batches(config: ReaderBenchConfig, files: Files, labels: Labels) -> Iterator[Batch]:
+def tfdata_cache_batches(config: ReaderBenchConfig, files: Files, labels: Labels,
+                         info: dict) -> Iterator[Batch]:
+    yield from tfdata_batches(config, files, labels, info, cached=True)
+
+
+def opencv_batches(config: ReaderBenchConfig, files: Files, labels: Labels,
+                   info: dict) -> Iterator[Batch]:
     """What a careful person writes in an afternoon: N Python threads around OpenCV calls.
 
     cv2.imdecode / resize / flip release the GIL, so N worker threads decode N images at once;
@@ -167,7 +206,8 @@ def resize_and_centre_crop(image: np.ndarray, size: int, cv2: Any) -> np.ndarray
     return np.ascontiguousarray(image[top : top + size, left : left + size])
 
 
-def dali_batches(config: ReaderBenchConfig, files: Files, labels: Labels) -> Iterator[Batch]:
+def dali_batches(config: ReaderBenchConfig, files: Files, labels: Labels,
+                 info: dict) -> Iterator[Batch]:
     from nvidia.dali import fn, pipeline_def, types
 
     size = config.image_size
@@ -219,7 +259,9 @@ def dali_batches(config: ReaderBenchConfig, files: Files, labels: Labels) -> Ite
 
 BACKEND_FUNCTIONS: dict[str, Callable[..., Iterator[Batch]]] = {
     "cxx": cxx_batches,
+    "cxx-cache": cxx_cache_batches,
     "tfdata": tfdata_batches,
+    "tfdata-cache": tfdata_cache_batches,
     "opencv": opencv_batches,
     "dali": dali_batches,
 }

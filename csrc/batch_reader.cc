@@ -113,6 +113,22 @@ BatchReader::BatchReader(std::vector<std::string> paths, std::vector<int32_t> la
   next_batch_ = consumed_ = o.start_batch;
   image_bytes_ = static_cast<size_t>(o.image.image_size) * o.image.image_size * 3;
   known_bad_.assign(paths_.size(), 0);
+  start_time_ = std::chrono::steady_clock::now();
+  if (!o.cache.location.empty()) {
+    cache_ = std::make_unique<ImageCache>(paths_, o.cache, o.decoder, o.image.use_dct_scaling,
+                                          o.image.training, o.num_threads);
+    stats_.cache_message = cache_->message();
+    if (cache_->state() == ImageCache::State::kOff) {
+      cache_.reset();
+      stats_.cache = "streaming";
+    } else {
+      stats_.cache = cache_->in_file() ? "file" : "memory";
+      stats_.cache_bytes = cache_->pixel_bytes();
+      stats_.cache_reused = cache_->state() == ImageCache::State::kReady;
+      filling_ = !stats_.cache_reused;
+      fill_remaining_ = static_cast<int32_t>(paths_.size());
+    }
+  }
   pool_ = std::make_shared<BufferPool>(image_bytes_, o.batch_size,
                                        static_cast<size_t>(o.prefetch) + 2);
   threads_.reserve(o.num_threads);
@@ -157,6 +173,7 @@ const std::vector<int32_t>& BatchReader::epoch_order_locked(int64_t epoch) {
 }
 
 bool BatchReader::has_task_locked() const {
+  if (filling_) return fill_next_ < static_cast<int32_t>(paths_.size());
   if (!in_flight_.empty() && next_slot_ < in_flight_.back().size) return true;
   const bool window_open = next_batch_ < consumed_ + options_.prefetch;
   const bool stream_left = total_batches_ < 0 || next_batch_ < total_batches_;
@@ -241,6 +258,53 @@ void BatchReader::finish_batch_locked(InFlight* batch) {
   batch_ready_.notify_all();
 }
 
+// One file into the cache. A bad file is counted later, when the stream reaches it (as
+// streaming counts it), unless skip_bad_files is off: then it stops the reader now.
+void BatchReader::fill_one(std::unique_lock<std::mutex>& lock, int thread_index,
+                           WorkerContext* context) {
+  const int32_t file = fill_next_++;
+  lock.unlock();
+  std::string failure;
+  bool fatal = false;
+  try {
+    cache_->fill(file, context);
+  } catch (const DecodeError& error) {
+    failure = error.what();
+  } catch (const std::exception& error) {
+    failure = std::string("unexpected error: ") + error.what();
+    fatal = true;
+  } catch (...) {
+    failure = "unknown error";
+    fatal = true;
+  }
+  lock.lock();
+  if (failure.empty()) {
+    stats_.images_decoded++;
+  } else {
+    cache_->mark_bad(file, failure);
+    if (!options_.skip_bad_files) record_failure_locked(file, failure, thread_index);
+    if (fatal && fatal_error_.empty())
+      fatal_error_ = "Error in thread " + std::to_string(thread_index) + ": " + paths_[file] +
+                     ": " + failure;
+  }
+  if (--fill_remaining_ == 0 && fatal_error_.empty()) {
+    // The last one publishes the cache. No other worker has anything to do until filling_
+    // drops, so the lock is not needed for the (fsync'ing) write.
+    lock.unlock();
+    cache_->finish_fill();
+    lock.lock();
+    if (!cache_->message().empty()) stats_.cache_message = cache_->message();
+    stats_.cache_fill_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time_).count();
+    filling_ = false;
+    work_ready_.notify_all();
+  }
+  if (!fatal_error_.empty()) {
+    work_ready_.notify_all();
+    batch_ready_.notify_all();
+  }
+}
+
 void BatchReader::worker_loop(int thread_index) {
   WorkerContext context(options_.decoder);
   std::unique_lock<std::mutex> lock(mutex_);
@@ -249,6 +313,10 @@ void BatchReader::worker_loop(int thread_index) {
       return stopping_ || !fatal_error_.empty() || has_task_locked();
     });
     if (stopping_ || !fatal_error_.empty()) return;
+    if (filling_) {
+      fill_one(lock, thread_index, &context);
+      continue;
+    }
     InFlight* batch = (!in_flight_.empty() && next_slot_ < in_flight_.back().size)
                           ? &in_flight_.back()
                           : start_batch_locked();
@@ -265,11 +333,19 @@ void BatchReader::worker_loop(int thread_index) {
     uint8_t* out = batch->buffer->images.data() + slot * image_bytes_;
     const uint64_t image_seed =
         mix_seed(options_.seed, static_cast<uint64_t>(batch->epoch), static_cast<uint64_t>(file));
+    const ImageCache* cache = cache_.get();  // filled: read-only from here on
     lock.unlock();
     try {
-      read_file(paths_[file], &context.file_bytes);
-      augment_image(context.file_bytes.data(), context.file_bytes.size(), options_.image,
-                    image_seed, &context, out);
+      if (cache != nullptr) {
+        const CachedImage& image = cache->image(file);
+        if (!image.ok) throw DecodeError(image.reason);  // counted as streaming counts it
+        augment_cached(cache->pixels(file), image.cached_width, image.cached_height, image.width,
+                       image.height, options_.image, image_seed, &context.scratch, out);
+      } else {
+        read_file(paths_[file], &context.file_bytes);
+        augment_image(context.file_bytes.data(), context.file_bytes.size(), options_.image,
+                      image_seed, &context, out);
+      }
     } catch (const DecodeError& error) {
       failure = error.what();
     } catch (const std::exception& error) {
@@ -281,7 +357,7 @@ void BatchReader::worker_loop(int thread_index) {
     }
     lock.lock();
     if (failure.empty()) {
-      stats_.images_decoded++;
+      (cache != nullptr ? stats_.images_from_cache : stats_.images_decoded)++;
     } else {
       batch->failed[slot] = 1;
       record_failure_locked(file, failure, thread_index);

@@ -17,12 +17,19 @@
  * truncated file fails only for crops that reach the cut). With skip_bad_files off the first
  * failure stops the reader and next() throws "Error in thread N: <path>: <reason>".
  *
+ * Cache. With options.cache.location set, the workers first fill an ImageCache (image_cache.h:
+ * every file decoded once, in parallel, its shorter side capped) and then serve every batch,
+ * the first epoch's included, by resampling the same crop boxes from its pixels: no JPEG is
+ * decoded after the fill, and the batches are again the same for any thread count. The first
+ * next() waits for the fill. Bad files are counted when they come up in the stream, as above.
+ *
  * Buffers. A batch's pixels and labels live in a BatchBuffer from a pool; the consumer holds a
  * shared_ptr and the buffer returns to the pool when the last holder lets go, so the Python side
  * can hand the memory to numpy without a copy and without it being overwritten underneath.
  */
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -32,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include "image_cache.h"
 #include "image_task.h"
 
 namespace flowers {
@@ -58,6 +66,7 @@ struct ReaderOptions {
   bool fill_bad_slots = true;
   DecoderOptions decoder;
   ImageOptions image;
+  CacheOptions cache;
 };
 
 struct BatchBuffer {
@@ -78,12 +87,20 @@ struct BadFile {
 };
 
 struct ReaderStats {
-  int64_t images_decoded = 0;   // successful decodes
+  int64_t images_decoded = 0;   // successful JPEG decodes (with a cache: those of the fill)
+  int64_t images_from_cache = 0;  // crops served from the decoded-image cache
   int64_t failed_reads = 0;     // slots whose file failed (once per epoch in which it fails)
   int64_t bad_files = 0;        // distinct files that failed
   std::vector<BadFile> first_bad_files;  // the first ones found, with reasons
   int64_t batches_delivered = 0;
   double consumer_wait_seconds = 0;  // time next() spent waiting for a batch
+  // "none" (not asked for), "memory", "file", or "streaming" (asked for, but over the budget
+  // or without storage: cache_message says why).
+  std::string cache = "none";
+  bool cache_reused = false;      // a cache file from an earlier run: nothing decoded
+  uint64_t cache_bytes = 0;       // its pixels
+  double cache_fill_seconds = 0;  // from the reader's start to the end of the fill
+  std::string cache_message;      // one line for the user (a rebuild, the fallback), or empty
 };
 
 class BufferPool;
@@ -117,6 +134,7 @@ class BatchReader {
   void finish_batch_locked(InFlight* batch);
   const std::vector<int32_t>& epoch_order_locked(int64_t epoch);
   void record_failure_locked(int32_t file, const std::string& reason, int thread_index);
+  void fill_one(std::unique_lock<std::mutex>& lock, int thread_index, WorkerContext* context);
 
   const std::vector<std::string> paths_;
   const std::vector<int32_t> labels_;
@@ -139,6 +157,12 @@ class BatchReader {
   std::string fatal_error_;
   bool stopping_ = false;
   ReaderStats stats_;
+
+  std::unique_ptr<ImageCache> cache_;  // null: streaming
+  bool filling_ = false;               // workers fill the cache before any batch
+  int32_t fill_next_ = 0;              // next file to fill
+  int32_t fill_remaining_ = 0;         // files not filled yet
+  std::chrono::steady_clock::time_point start_time_;
 
   std::shared_ptr<BufferPool> pool_;
   std::vector<std::thread> threads_;

@@ -194,6 +194,14 @@ void bind_options(py::module_& m) {
                 "'NHWC' or 'NCHW'")
       .finish();
 
+  OptionsClass<CacheOptions>(m, "CacheOptions", "The decoded-image cache (image_cache.h).")
+      .field("location", &CacheOptions::location,
+             "'': no cache; 'memory'; otherwise a folder for the cache file")
+      .field("short_side", &CacheOptions::short_side, "cap on each cached image's shorter side")
+      .field("max_bytes", &CacheOptions::max_bytes, "a larger cache streams instead")
+      .field("version", &CacheOptions::version, "the build's identity, part of a file's key")
+      .finish();
+
   OptionsClass<ReaderOptions>(m, "ReaderOptions", "Everything a BatchReader does (batch_reader.h).")
       .field("batch_size", &ReaderOptions::batch_size, "images per batch")
       .field("num_threads", &ReaderOptions::num_threads, "decode threads")
@@ -211,6 +219,7 @@ void bind_options(py::module_& m) {
              "a bad file's slot: a copy of a good image; False: zeros and label -1")
       .field("decoder", &ReaderOptions::decoder, "DecoderOptions")
       .field("image", &ReaderOptions::image, "ImageOptions")
+      .field("cache", &ReaderOptions::cache, "CacheOptions")
       .finish();
 }
 
@@ -224,6 +233,12 @@ py::dict stats_dict(const ReaderStats& stats) {
   out["first_bad_files"] = bad;
   out["batches_delivered"] = stats.batches_delivered;
   out["consumer_wait_seconds"] = stats.consumer_wait_seconds;
+  out["images_from_cache"] = stats.images_from_cache;
+  out["cache"] = stats.cache;
+  out["cache_reused"] = stats.cache_reused;
+  out["cache_bytes"] = stats.cache_bytes;
+  out["cache_fill_seconds"] = stats.cache_fill_seconds;
+  out["cache_message"] = stats.cache_message;
   return out;
 }
 
@@ -369,6 +384,36 @@ PYBIND11_MODULE(_reader, m) {
                         image_shape(options.image_size, options.image_size, options.layout));
   }, py::arg("data"), py::arg("image_options"), py::arg("decoder_options"), py::arg("seed"),
      "One image through a reader worker's decode-and-augment step; seed fixes crop and flip");
+
+  m.def("augment_cached", [](const py::buffer& data, const ImageOptions& image_options,
+                             const DecoderOptions& decoder_options, uint64_t seed, int short_side) {
+    const ImageOptions options = image_options;
+    const DecoderOptions decoder = decoder_options;
+    check_image_options(options);
+    if (short_side <= 0) throw std::invalid_argument("short_side must be positive");
+    auto [ptr, size] = view_bytes(data);
+    std::vector<uint8_t> pixels(static_cast<size_t>(options.image_size) * options.image_size * 3);
+    std::vector<uint8_t> cached;
+    int cached_width = 0, cached_height = 0;
+    {
+      py::gil_scoped_release release;
+      WorkerContext context(decoder);
+      const JpegInfo info = context.decoder.read_info(ptr, size);
+      cached_size(info.width, info.height, short_side, &cached_width, &cached_height);
+      cached.resize(static_cast<size_t>(cached_width) * cached_height * 3);
+      decode_for_cache(info, cached_width, cached_height, options.use_dct_scaling, &context,
+                       cached.data());
+      augment_cached(cached.data(), cached_width, cached_height, info.width, info.height, options,
+                     seed, &context.scratch, pixels.data());
+    }
+    return py::make_tuple(
+        owning_array(std::move(pixels),
+                     image_shape(options.image_size, options.image_size, options.layout)),
+        owning_array(std::move(cached), {cached_height, cached_width, 3}));
+  }, py::arg("data"), py::arg("image_options"), py::arg("decoder_options"), py::arg("seed"),
+     py::arg("short_side"),
+     "One image through the cache's path: decoded at its capped size, then the crop `seed` "
+     "draws taken from those pixels; (crop, cached pixels)");
 
   m.def("random_resized_crop", [](int width, int height, uint64_t seed,
                                   const CropOptions& crop_options) {

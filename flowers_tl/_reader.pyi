@@ -45,6 +45,15 @@ class ImageOptions:
                  random_flip: bool = ..., eval_resize_ratio: float = ...,
                  use_dct_scaling: bool = ..., layout: str = ...) -> None: ...
 
+class CacheOptions:
+    _fields: ClassVar[tuple[str, ...]]
+    location: str
+    short_side: int
+    max_bytes: int
+    version: str
+    def __init__(self, *, location: str = ..., short_side: int = ..., max_bytes: int = ...,
+                 version: str = ...) -> None: ...
+
 class ReaderOptions:
     _fields: ClassVar[tuple[str, ...]]
     batch_size: int
@@ -61,11 +70,13 @@ class ReaderOptions:
     fill_bad_slots: bool
     decoder: DecoderOptions
     image: ImageOptions
+    cache: CacheOptions
     def __init__(self, *, batch_size: int = ..., num_threads: int = ..., shuffle: bool = ...,
                  seed: int = ..., prefetch: int = ..., shard_index: int = ...,
                  num_shards: int = ..., drop_remainder: bool = ..., num_epochs: int = ...,
                  start_batch: int = ..., skip_bad_files: bool = ...,
-                 fill_bad_slots: bool = ..., decoder: DecoderOptions = ..., image: ImageOptions = ...) -> None: ...
+                 fill_bad_slots: bool = ..., decoder: DecoderOptions = ..., image: ImageOptions = ...,
+                 cache: CacheOptions = ...) -> None: ...
 
 def build_info() -> dict[str, Any]: ...
 def jpeg_info(data: Buffer, decoder_options: DecoderOptions = ...) -> dict[str, Any]: ...
@@ -76,6 +87,8 @@ def decode_crop_resize(
 ) -> tuple[npt.NDArray[np.uint8], int]: ...
 def augment(data: Buffer, image_options: ImageOptions, decoder_options: DecoderOptions,
             seed: int) -> npt.NDArray[np.uint8]: ...
+def augment_cached(data: Buffer, image_options: ImageOptions, decoder_options: DecoderOptions,
+                   seed: int, short_side: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]: ...
 def random_resized_crop(width: int, height: int, seed: int,
                         crop_options: CropOptions) -> tuple[float, float, float, float]: ...
 def choose_dct_scale(box_width: float, box_height: float, min_width: int, min_height: int,

@@ -28,7 +28,7 @@ from typing import Any
 DATA_FORMATS = ("NHWC", "NCHW")
 PRECISIONS = ("fp32", "fp16", "bf16")
 VARIANTS = ("slim", "keras")
-INPUTS = ("cxx", "tfdata", "synthetic")
+INPUTS = ("cxx", "cxx-cache", "tfdata", "synthetic")
 TARGET_METRICS = ("train", "val")
 SCHEDULE_SHAPES = ("step", "cosine", "linear")
 FROM_SCRATCH = "none"  # --checkpoint_url none: no pretrained weights
@@ -55,11 +55,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    input: str = knob("cxx", f"input pipeline: one of {INPUTS} (synthetic: in-memory random "
-                             "tensors, the step alone)")
+    input: str = knob("cxx", f"input pipeline: one of {INPUTS} (cxx-cache: the C++ reader "
+                             "with --reader_cache memory unless a folder is given; synthetic: "
+                             "in-memory random tensors, the step alone)")
     image_size: int = knob(224, "square training and evaluation size in pixels")
     reader_threads: int | None = knob(None, "decode threads; none: every core this process may use")
     crop_area_min: float = knob(0.08, "random-resized-crop area range is [crop_area_min, 1]")
+    reader_cache: str | None = knob(None, "decoded-image cache of the C++ reader: none, memory, "
+                                          "or a folder whose cache file later runs reuse (a "
+                                          "folder also serves the held-out evaluation)")
+    cache_short_side: int | None = knob(None, "cache: cap on each image's shorter side in px; "
+                                              "none: 1.25 x the eval resize (320 for 224)")
 
 
 @dataclass(frozen=True)
@@ -432,6 +438,7 @@ def check(config: RunConfig, gpus_available: int) -> None:
         fail(f"--input {reader.input}: one of {INPUTS}")
     if reader.reader_threads is not None and reader.reader_threads < 1:
         fail(f"--reader_threads {reader.reader_threads}: must be >= 1")
+    check_reader_cache(reader)
     if not 0 <= train.seed < 2 ** 63:
         fail(f"--seed {train.seed}: must be in [0, 2**63)")
     if run.checkpoint_every_steps < 0:
@@ -458,6 +465,32 @@ def check(config: RunConfig, gpus_available: int) -> None:
             parse_exclude_patterns(run.checkpoint_exclude_patterns)
         except ValueError as error:
             fail(f"--checkpoint_exclude_patterns {run.checkpoint_exclude_patterns}: {error}")
+
+
+def check_reader_cache(reader: ReaderConfig) -> None:
+    """--reader_cache and --cache_short_side: one-line ConfigErrors; a cache folder is created
+    here, so a path that cannot be one stops the run before any work."""
+    cache = reader.reader_cache
+    cached = cache is not None or reader.input == "cxx-cache"
+    if cache == "memory" and reader.input not in ("cxx", "cxx-cache"):
+        raise ConfigError(f"--reader_cache memory: only the C++ reader caches (--input is "
+                          f"{reader.input}); a folder would still serve the held-out evaluation")
+    if cache not in (None, "memory"):
+        try:
+            os.makedirs(cache, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"--reader_cache {cache}: cannot create the folder: "
+                              f"{error.strerror}") from None
+        if not os.access(cache, os.W_OK):
+            raise ConfigError(f"--reader_cache {cache}: the folder is not writable")
+    if reader.cache_short_side is not None:
+        if not cached:
+            raise ConfigError(f"--cache_short_side {reader.cache_short_side}: needs "
+                              "--reader_cache or --input cxx-cache")
+        if reader.cache_short_side < reader.image_size:
+            raise ConfigError(f"--cache_short_side {reader.cache_short_side}: must be >= "
+                              f"--image_size {reader.image_size} (every crop would be "
+                              "upsampled from the cache)")
 
 
 def parse_exclude_patterns(patterns) -> tuple[str, ...]:

@@ -16,10 +16,14 @@ def evaluate(predict, files, labels, config: config_lib.RunConfig,
     reported, not fatal."""
     from flowers_tl.reader import Reader
     correct = counted = 0
+    # A cache folder serves every evaluation after the first; a memory cache would be filled
+    # again by each (every evaluation opens a new reader), which costs more than streaming.
+    cache = config.reader.reader_cache if config.reader.reader_cache != "memory" else None
     with Reader(files, labels, batch_size=config.train.batch_size,
                 image_size=config.reader.image_size, training=False,
                 num_threads=config.reader.reader_threads, num_epochs=1,
-                fill_bad_slots=False) as reader:
+                fill_bad_slots=False, cache=cache,
+                cache_short_side=config.reader.cache_short_side if cache else None) as reader:
         for images, batch_labels in reader:
             good = batch_labels >= 0  # a slot whose file failed has label -1
             if not good.any():

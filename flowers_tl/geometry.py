@@ -50,6 +50,24 @@ VGG_MEAN_RGB = (123.68, 116.78, 103.94)  # slim's resnet_v1 preprocessing, subtr
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # Keras' "caffe" mode, subtracted in BGR
 
 
+# The decoded-image cache (flowers_tl.reader, cache=...) keeps each image with its shorter side
+# capped at cache_short_side(image_size) = ceil(eval_resize_size(image_size) * this): 320 px for
+# 224. The cap must be at least the eval resize (256 for 224) or the eval centre crop, and a
+# training crop of the whole shorter side (area 1.0), would be upsampled from the cache. The
+# margin above it makes both a shrink (1.25x and 1.43x) instead of a 1:1 resample at a
+# fractional offset, which blurs by half a pixel, and keeps training crops down to an area of
+# (224/320)^2 = 49% of the image shrinks of cached pixels too. Smaller crops are upsampled from
+# the cache where streaming may read more of a large photo: the price of ~0.4 MB per
+# tf_flowers-sized photo instead of ~4x that to serve the 8% crops at full detail. Where the
+# cached pixels differ from streaming ones: tests/test_reader_cache.py states and checks it.
+CACHE_SHORT_SIDE_MARGIN = 1.25
+
+
+def cache_short_side(image_size: int, ratio: float = EVAL_RESIZE_RATIO) -> int:
+    """The decoded-image cache's cap on each image's shorter side (see CACHE_SHORT_SIDE_MARGIN)."""
+    return int(math.ceil(eval_resize_size(image_size, ratio) * CACHE_SHORT_SIDE_MARGIN))
+
+
 def eval_resize_size(image_size: int, ratio: float = EVAL_RESIZE_RATIO) -> int:
     """Shorter side before the eval centre crop: image_size * ratio rounded half away from zero,
     as the C++ reader's std::round (Python's round() rounds half to even; with 256/224 no

@@ -14,11 +14,23 @@ that region at a reduced DCT scale, and resample it into a preallocated batch bu
 then wraps without a copy. Normalisation and casting are left to the model, on the device.
 Same seed, same batches, whatever the thread count. Bad files are skipped and reported by
 `summary()` unless `skip_bad_files=False`, which stops at the first one.
+
+Decoded-image cache: `cache="memory"` decodes every file once (in parallel, before the first
+batch), keeps its pixels with the shorter side capped at `cache_short_side` (default
+flowers_tl.geometry.cache_short_side(image_size), 320 px for 224), and resamples every later
+crop, the same crop boxes as streaming, from those pixels: no JPEG decode after the fill.
+`cache=FOLDER` does the same into a memory-mapped file there that later runs reuse while the
+file list, sizes, mtimes, cap and build match (otherwise it is rebuilt, and one line says
+why). Above `cache_max_bytes` (default: CACHE_MEMORY_FRACTION of the available memory) the
+reader says so in one line and streams.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -37,6 +49,45 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+# The cache's default budget: this share of the memory available to the process, so that the
+# model, TensorFlow and the page cache keep the other half.
+CACHE_MEMORY_FRACTION = 0.5
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo, or the cgroup's memory limit where that is lower."""
+    available = None
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for limit_file in ("/sys/fs/cgroup/memory.max",  # cgroup v2
+                       "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # v1
+        try:
+            with open(limit_file) as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # "max" or v1's huge number: no limit
+            available = int(text) if available is None else min(available, int(text))
+    if available is None:  # not Linux: the physical memory
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return available
+
+
+@functools.lru_cache(maxsize=None)
+def build_identity() -> str:
+    """The package version and a hash of the compiled reader: part of a cache file's key, so
+    that any rebuild of the C++ code (a change to the decoder or the resampler) rebuilds it."""
+    from flowers_tl import __version__
+    with open(_reader.__file__, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()[:16]
+    return f"flowers_tl {__version__}, _reader {digest}"
 
 
 # Where the defaults live: the C++ structs (csrc/batch_reader.h, image_task.h, jpeg_decode.h)
@@ -78,6 +129,12 @@ class ReaderConfig:
     # zeros with label -1 (evaluation counts only files that decoded; an all-bad batch comes
     # through instead of stopping the reader).
     fill_bad_slots: bool = _DEFAULTS.fill_bad_slots
+    # Decoded-image cache: None (decode every epoch), "memory", or a folder for a cache file
+    # that later runs reuse. The cap and the budget apply only with a cache; None: the
+    # defaults (geometry.cache_short_side(image_size), CACHE_MEMORY_FRACTION of the memory).
+    cache: str | None = None
+    cache_short_side: int | None = None
+    cache_max_bytes: int | None = None
 
     def resolved(self) -> "ReaderConfig":
         """Fills the None defaults and checks every field, naming the bad one."""
@@ -87,8 +144,19 @@ class ReaderConfig:
             # Work is handed out image by image within a window of `prefetch` batches: the
             # window must hold more images than there are threads, or some threads idle.
             prefetch = max(2, -(-2 * num_threads // max(self.batch_size, 1)) + 1)
+        cache = None if self.cache in (None, "", "none") else self.cache
+        if cache is not None and cache != "memory":
+            cache = os.path.abspath(os.fspath(cache))
+        short_side, max_bytes = self.cache_short_side, self.cache_max_bytes
+        if cache is not None and short_side is None:
+            short_side = geometry.cache_short_side(self.image_size, self.eval_resize_ratio)
+        if cache is not None and max_bytes is None:
+            max_bytes = int(CACHE_MEMORY_FRACTION * available_memory_bytes())
         config = dataclasses.replace(
             self,
+            cache=cache,
+            cache_short_side=short_side,
+            cache_max_bytes=max_bytes,
             shuffle=self.training if self.shuffle is None else self.shuffle,
             num_threads=num_threads,
             prefetch=prefetch,
@@ -114,13 +182,16 @@ class ReaderConfig:
         decoder = _reader.DecoderOptions(
             max_pixels=self.max_pixels, dct_scales=list(self.dct_scales),
             fast_idct=self.fast_idct, fancy_upsampling=self.fancy_upsampling)
+        cache = _reader.CacheOptions(
+            location=self.cache or "", short_side=self.cache_short_side or 0,
+            max_bytes=self.cache_max_bytes or 0, version=build_identity())
         return _reader.ReaderOptions(
             batch_size=self.batch_size, num_threads=self.num_threads, shuffle=self.shuffle,
             seed=self.seed, prefetch=self.prefetch, shard_index=self.shard_index,
             num_shards=self.num_shards, drop_remainder=self.drop_remainder,
             num_epochs=-1 if self.num_epochs is None else self.num_epochs,
             start_batch=self.start_batch, skip_bad_files=self.skip_bad_files,
-            fill_bad_slots=self.fill_bad_slots, decoder=decoder, image=image)
+            fill_bad_slots=self.fill_bad_slots, decoder=decoder, image=image, cache=cache)
 
     def _check(self) -> None:
         def need(condition: bool, field: str, rule: str) -> None:
@@ -152,6 +223,12 @@ class ReaderConfig:
              "dct_scales", "must be a non-empty subset of 1..8")
         need(self.max_pixels >= 1, "max_pixels", "must be >= 1")
         need(0 <= self.seed < 2**64, "seed", "must be in [0, 2**64)")
+        need(self.cache is None or isinstance(self.cache, str), "cache",
+             "must be None, 'memory' or a folder")
+        need(self.cache_short_side is None or self.cache_short_side >= 1, "cache_short_side",
+             "must be >= 1")
+        need(self.cache_max_bytes is None or self.cache_max_bytes >= 0, "cache_max_bytes",
+             "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -164,6 +241,12 @@ class ReaderSummary:
     first_bad_files: tuple[tuple[str, str], ...]
     batches_delivered: int
     consumer_wait_seconds: float
+    images_from_cache: int  # crops served from the decoded-image cache (images_decoded: JPEGs)
+    cache: str  # "none", "memory", "file", or "streaming" (asked for; cache_message says why not)
+    cache_reused: bool  # a cache file of an earlier run: nothing decoded
+    cache_bytes: int
+    cache_fill_seconds: float
+    cache_message: str
 
 
 class Reader:
@@ -184,7 +267,16 @@ class Reader:
             raise ValueError("Reader: files is empty")
         if len(paths) != len(label_list):
             raise ValueError(f"Reader: {len(paths)} files but {len(label_list)} labels")
+        if self.config.cache not in (None, "memory"):
+            try:
+                os.makedirs(self.config.cache, exist_ok=True)
+            except OSError as error:
+                raise ValueError(f"Reader: cache={self.config.cache!r}: cannot create the "
+                                 f"folder: {error.strerror}") from None
         self._reader = _reader.BatchReader(paths, label_list, self.config.to_options())
+        message = self._reader.stats()["cache_message"]
+        if message:  # a (re)build, or the budget's fallback to streaming
+            print(f"reader: {message}", file=sys.stderr, flush=True)
         self.epoch = 0  # epoch and step of the last batch returned
         self.step = -1
 
@@ -270,6 +362,18 @@ def augment(data: bytes, image_size: int, seed: int = 0, **options) -> np.ndarra
                      **options).resolved()
     reader_options = config.to_options()
     return _reader.augment(data, reader_options.image, reader_options.decoder, seed)
+
+
+def augment_cached(data: bytes, image_size: int, cache_short_side: int, seed: int = 0,
+                   **options) -> tuple[np.ndarray, np.ndarray]:
+    """One image through the cache's path: decoded whole at its capped size (the cached
+    pixels, returned second), then the crop `seed` draws, resampled from those pixels (first).
+    For tests and debugging; options: any ReaderConfig field."""
+    config = _config(batch_size=1, image_size=image_size, seed=seed, num_threads=1,
+                     **options).resolved()
+    reader_options = config.to_options()
+    return _reader.augment_cached(data, reader_options.image, reader_options.decoder, seed,
+                                  cache_short_side)
 
 
 build_info = _reader.build_info

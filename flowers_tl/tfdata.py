@@ -15,6 +15,12 @@ antialiasing), and geometry.py says how far that puts these pixels from the read
 
 Both yield (uint8 images [B, image_size, image_size, 3], int32 labels [B]).
 
+With cache_short_side set: tf.data's own `.cache()` of decoded images, the anchor the reader's
+decoded-image cache is measured against, written as a tf.data user would: decode each whole
+image once, shrink its shorter side to cache_short_side (the reader's cap, antialiased: it is
+done once), keep it as uint8 in `.cache()`, then shuffle, and every epoch crop (the same
+sampler on the cached image), resize and flip, or resize the shorter side and centre-crop.
+
 `num_threads` really means N threads: the map runs on a private pool of N threads and every op
 inside it is single-threaded, so a comparison "at 2 threads" is not quietly using the global
 intra-op pool as well.
@@ -44,6 +50,7 @@ def make_dataset(
     aspect_range: tuple[float, float] = geometry.TRAIN_ASPECT_RANGE,
     drop_remainder: bool = False,
     repeat: bool = True,
+    cache_short_side: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of (uint8 [B, image_size, image_size, 3], int32 [B]) from JPEG files.
 
@@ -63,6 +70,10 @@ def make_dataset(
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.constant(list(files), tf.string), tf.constant(list(labels), tf.int32))
     )
+    parallel_calls = tf.data.AUTOTUNE if num_threads is None else num_threads
+    if cache_short_side is not None:
+        dataset = dataset.map(lambda path, label: (_decode_capped(path, cache_short_side), label),
+                              num_parallel_calls=parallel_calls).cache()
     if training:
         # Shuffle the whole file list (cheap: strings) before repeat, so every epoch sees each
         # image exactly once and in a new, seeded order.
@@ -70,21 +81,27 @@ def make_dataset(
     if repeat:
         dataset = dataset.repeat()
 
-    parallel_calls = tf.data.AUTOTUNE if num_threads is None else num_threads
     if training:
         # Each element gets its position in the stream as part of its random seed. Stateless ops
         # keyed on (seed, position) cost the same as the stateful ones but give the same crops
         # whatever order the parallel map finishes in.
         dataset = dataset.enumerate()
+        example = _train_example if cache_short_side is None else _train_example_cached
         dataset = dataset.map(
-            lambda index, pair: _train_example(
+            lambda index, pair: example(
                 pair[0], pair[1], index, seed, image_size, area_range, aspect_range
             ),
             num_parallel_calls=parallel_calls,
         )
-    else:
+    elif cache_short_side is None:
         dataset = dataset.map(
             lambda path, label: (_eval_image(path, image_size), label),
+            num_parallel_calls=parallel_calls,
+        )
+    else:
+        dataset = dataset.map(
+            lambda image, label: (_to_uint8(resize_shorter_and_center_crop(
+                image, image_size, antialias=False)), label),
             num_parallel_calls=parallel_calls,
         )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
@@ -101,13 +118,30 @@ def make_dataset(
 
 
 def _train_example(path, label, index, seed, image_size, area_range, aspect_range):
-    element_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(element_seed, 2))
-
     encoded = tf.io.read_file(path)
-    shape = tf.io.extract_jpeg_shape(encoded)
     # No boxes + min_object_covered=0: a plain random-resized-crop over the whole image; after
     # max_attempts misses the whole image is used (the same fallback as slim's recipe).
+    begin, size, flip_seed = _crop_window(tf.io.extract_jpeg_shape(encoded), seed, index,
+                                          area_range, aspect_range)
+    offset_y, offset_x, _ = tf.unstack(begin)
+    crop_height, crop_width, _ = tf.unstack(size)
+    crop_window = tf.stack([offset_y, offset_x, crop_height, crop_width])
+    # Decoding only the crop window is the "up to 30% faster" trick of the TF performance guide.
+    # dct_method is left at TF's default, which is libjpeg's fast integer IDCT (JDCT_IFAST): it is
+    # what the recipes run and faster than the accurate IDCT OpenCV and DALI use (pixels differ
+    # by a few levels), so the baseline is not handicapped.
+    image = tf.io.decode_and_crop_jpeg(encoded, crop_window, channels=3)
+    # antialias=False is what the common recipes use and the fastest resize tf.data has.
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=False)
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    return _to_uint8(image), label
+
+
+def _crop_window(shape, seed, index, area_range, aspect_range):
+    """(begin, size) of a random-resized-crop of an image of `shape`, and the flip's seed.
+    Each element gets its position in the stream as part of its seed (see make_dataset)."""
+    element_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(element_seed, 2))
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
         bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
@@ -118,15 +152,26 @@ def _train_example(path, label, index, seed, image_size, area_range, aspect_rang
         max_attempts=geometry.TRAIN_CROP_MAX_ATTEMPTS,
         use_image_if_no_bounding_boxes=True,
     )
-    offset_y, offset_x, _ = tf.unstack(begin)
-    crop_height, crop_width, _ = tf.unstack(size)
-    crop_window = tf.stack([offset_y, offset_x, crop_height, crop_width])
-    # Decoding only the crop window is the "up to 30% faster" trick of the TF performance guide.
-    # dct_method is left at TF's default, which is libjpeg's fast integer IDCT (JDCT_IFAST): it is
-    # what the recipes run and faster than the accurate IDCT OpenCV and DALI use (pixels differ
-    # by a few levels), so the baseline is not handicapped.
-    image = tf.io.decode_and_crop_jpeg(encoded, crop_window, channels=3)
-    # antialias=False is what the common recipes use and the fastest resize tf.data has.
+    return begin, size, flip_seed
+
+
+def _decode_capped(path, short_side):
+    """The whole image, its shorter side shrunk to short_side if longer, uint8 (what .cache()
+    keeps)."""
+    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = float(short_side) / tf.reduce_min(shape)
+
+    def shrink():
+        size = tf.cast(tf.round(shape * scale), tf.int32)
+        return _to_uint8(tf.image.resize(image, size, method="bilinear", antialias=True))
+
+    return tf.cond(scale < 1.0, shrink, lambda: image)
+
+
+def _train_example_cached(image, label, index, seed, image_size, area_range, aspect_range):
+    begin, size, flip_seed = _crop_window(tf.shape(image), seed, index, area_range, aspect_range)
+    image = tf.slice(image, begin, size)
     image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=False)
     image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     return _to_uint8(image), label

@@ -74,21 +74,28 @@ def make_input(config: config_lib.RunConfig, files, labels, local_batch: int, wo
         yield from dataset.as_numpy_iterator()
         return
     from flowers_tl.reader import Reader
+    cache = reader.reader_cache or ("memory" if reader.input == "cxx-cache" else None)
     with Reader(files, labels, batch_size=local_batch, image_size=size, training=True,
                 num_threads=reader.reader_threads, seed=config.train.seed, shard_index=worker,
                 num_shards=workers, drop_remainder=True, start_batch=start_batch,
-                area_range=area_range) as stream:
+                area_range=area_range, cache=cache,
+                cache_short_side=reader.cache_short_side if cache else None) as stream:
         if report is not None:
             report["reader"] = stream
         yield from stream
 
 
 def input_report(train_reader, val_bad_files: dict) -> dict:
-    """What the readers skipped, for result.json: counts, and paths with reasons."""
+    """What the readers skipped, for result.json: counts, and paths with reasons; and the
+    training reader's decoded-image cache (how it was served, its fill time)."""
     report = {"images_decoded": None, "failed_reads": None, "bad_files": len(val_bad_files),
-              "first_bad_files": [[path, reason] for path, reason in val_bad_files.items()]}
+              "first_bad_files": [[path, reason] for path, reason in val_bad_files.items()],
+              "cache": None}
     if train_reader is not None:
         stats = train_reader.summary()
+        report.update(cache={"kind": stats.cache, "reused": stats.cache_reused,
+                             "bytes": stats.cache_bytes, "fill_seconds": stats.cache_fill_seconds,
+                             "images_from_cache": stats.images_from_cache})
         report.update(images_decoded=stats.images_decoded, failed_reads=stats.failed_reads,
                       bad_files=stats.bad_files + len(val_bad_files),
                       first_bad_files=[list(pair) for pair in stats.first_bad_files]

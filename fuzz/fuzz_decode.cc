@@ -1,6 +1,8 @@
 /* libFuzzer target over the reader's C++ core, without Python: arbitrary bytes through the
  * header read, the reader's decode-and-augment step (random-resized-crop or eval centre crop,
- * ROI + DCT-scaled decode, resize), an ROI decode of an arbitrary box, and the full decode.
+ * ROI + DCT-scaled decode, resize), an ROI decode of an arbitrary box, the full decode, and the
+ * decoded-image cache's path (the whole image decoded at its capped size, then the same crop
+ * resampled from those pixels).
  *
  * Input layout: the first kParamBytes bytes choose the parameters, the rest is the file
  * (tests/test_fuzz_inputs.py::fuzz_params decodes them the same way; see fuzz/README.md):
@@ -13,12 +15,14 @@
  *   7  image seed = b; eval_resize_ratio = 1 + (b % 16) / 8
  *   8..11  the arbitrary box: x = W * b8 / 256, y = H * b9 / 256,
  *          width = (W - x) * (b10 + 1) / 256, height = (H - y) * (b11 + 1) / 256
+ *   8  also the cache's cap on the shorter side: image_size + b8 % 64
  * Every value stays inside what flowers_tl.reader accepts, so a crash found here is reachable
  * from Python with the same bytes.
  *
  * A DecodeError is the documented answer to a bad file and is swallowed; any other exception,
  * a broken invariant (abort), or a sanitizer report is a bug.
  */
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -133,7 +137,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const DecodeError&) {
   }
 
-  // 3. Full decode: packed rows of the header's size.
+  // 3. The decoded-image cache: the fill (whole image, shorter side capped) into a buffer of
+  //    exactly the planned size, then the crop augment_image would take, from those pixels.
+  try {
+    const JpegInfo info = context.decoder.read_info(file, file_size);
+    const int short_side = out_size + p[8] % 64;
+    int cached_width = 0, cached_height = 0;
+    cached_size(info.width, info.height, short_side, &cached_width, &cached_height);
+    require(cached_width >= 1 && cached_height >= 1 && cached_width <= info.width &&
+                cached_height <= info.height,
+            "cached size is positive and no larger than the image");
+    require(std::min(cached_width, cached_height) == std::min(short_side, std::min(info.width, info.height)),
+            "cached shorter side is the cap, or the image's own");
+    std::vector<uint8_t> cached(static_cast<size_t>(cached_width) * cached_height * 3);
+    decode_for_cache(info, cached_width, cached_height, image.use_dct_scaling, &context,
+                     cached.data());
+    touch(cached.data(), cached.size());
+    augment_cached(cached.data(), cached_width, cached_height, info.width, info.height, image,
+                   seed, &context.scratch, out.data());
+    touch(out.data(), out.size());
+  } catch (const DecodeError&) {
+  }
+
+  // 4. Full decode: packed rows of the header's size.
   try {
     const JpegInfo info = context.decoder.read_info(file, file_size);
     context.decoder.decode(file, file_size, &context.region);

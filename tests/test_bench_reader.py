@@ -136,6 +136,19 @@ def test_missing_dali_is_an_error_row_not_a_crash(monkeypatch):
     assert row["backend"] == "dali" and "ModuleNotFoundError" in row["error"]
 
 
+def test_the_cxx_cache_row_is_timed_from_the_cache_and_reports_its_fill(tiny_folder):
+    from flowers_tl.data import list_folder
+
+    listing = list_folder(str(tiny_folder))
+    config = bench_reader.ReaderBenchConfig(backend="cxx-cache", num_threads=2, batch_size=4,
+                                            image_size=16, seconds=0.3, warmup_seconds=0.05)
+    row = bench_reader.run_one(config, list(listing.files), list(listing.labels), 2,
+                               environment={})
+    assert "error" not in row, row.get("error")
+    assert row["samples_per_sec"] > 0 and 0 < row["cache_fill_seconds"] <= row["first_batch_seconds"]
+    assert row["cache_bytes"] > 0
+
+
 def test_every_backend_name_has_a_backend():
     assert set(reader_backends.BACKEND_FUNCTIONS) == set(bench_reader.BACKENDS)
 

@@ -205,6 +205,13 @@ EVERY_CHECK = [
     ({"val_fraction": 1.0}, 0, "--val_fraction 1.0: must be in [0, 1)"),
     ({"val_fraction": -0.1}, 0, "--val_fraction -0.1: must be in [0, 1)"),
     ({"reader_threads": 0}, 0, "--reader_threads 0: must be >= 1"),
+    ({"reader_cache": "memory", "input": "tfdata"}, 0, "--reader_cache memory: only the C++ "
+     "reader caches (--input is tfdata); a folder would still serve the held-out evaluation"),
+    ({"cache_short_side": 300}, 0, "--cache_short_side 300: needs --reader_cache or --input "
+     "cxx-cache"),
+    ({"cache_short_side": 100, "input": "cxx-cache", "image_size": 224}, 0,
+     "--cache_short_side 100: must be >= --image_size 224 (every crop would be upsampled from "
+     "the cache)"),
     ({"max_steps": 0}, 0, "--max_steps 0: must be >= 1"),
     ({"per_class": 1}, 0, "--per_class 1: only for the built-in data, and >= 2"),
     ({"per_class": 10, "data_url": "{tmp}", "checkpoint_url": "none"}, 0,
@@ -236,6 +243,18 @@ def test_every_check_is_one_exact_line(given, gpus, message, tmp_path):
     with pytest.raises(ConfigError) as error:
         resolve(given, gpus_available=gpus)
     assert str(error.value) == message
+
+
+def test_a_reader_cache_folder_is_created_or_refused_in_one_line(tmp_path):
+    folder = tmp_path / "cache" / "reader"
+    config = resolve({"reader_cache": str(folder), "input": "cxx-cache"}, gpus_available=0)
+    assert folder.is_dir() and config.reader.reader_cache == str(folder)
+    assert resolve({"reader_cache": "none"}, gpus_available=0).reader.reader_cache is None
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError) as error:
+        resolve({"reader_cache": str(tmp_path / "file" / "cache")}, gpus_available=0)
+    assert str(error.value) == (f"--reader_cache {tmp_path}/file/cache: cannot create the "
+                                "folder: Not a directory")
 
 
 @pytest.mark.parametrize("given, flag", [

@@ -1,5 +1,5 @@
 """The fuzzer's committed inputs (fuzz/regressions: 12 parameter bytes + file, as
-fuzz_decode.cc wrote them; fuzz/seeds: plain JPEGs) replayed through the same three Python
+fuzz_decode.cc wrote them; fuzz/seeds: plain JPEGs) replayed through the same four Python
 paths as fuzz_decode.cc, and the production path of the fuzzer's first crash through the Reader.
 """
 import os
@@ -47,7 +47,7 @@ def fuzz_inputs():
 @pytest.mark.parametrize("folder, name", fuzz_inputs())
 def test_fuzzer_inputs_replay_through_python(folder, name):
     """Regression inputs (12 parameter bytes + file, as the fuzzer wrote them) must give a
-    DecodeError or an image of the right shape through the same three paths as fuzz_decode.cc;
+    DecodeError or an image of the right shape through the same four paths as fuzz_decode.cc;
     the committed seeds are plain JPEGs and must decode, with a few parameter sets."""
     with open(os.path.join(FUZZ, folder, name), "rb") as handle:
         raw = handle.read()
@@ -83,6 +83,14 @@ def test_fuzzer_inputs_replay_through_python(folder, name):
             outcomes.append("image")
         except DecodeError:
             outcomes.append("error")
+        try:  # the decoded-image cache: fill at the capped size, then the same crop from it
+            short_side = size + box_bytes[0] % 64
+            image, cached = reader.augment_cached(data, size, short_side, seed=seed, **options)
+            assert image.shape == ((size, size, 3) if options["layout"] == "NHWC" else (3, size, size))
+            assert min(cached.shape[:2]) <= short_side and cached.shape[2] == 3
+            outcomes.append("image")
+        except DecodeError:
+            outcomes.append("error")
         try:
             full = reader.decode_jpeg(data, max_pixels=FUZZ_MAX_PIXELS)
             assert full.shape[2] == 3 and full.shape[0] * full.shape[1] <= FUZZ_MAX_PIXELS
@@ -92,7 +100,7 @@ def test_fuzzer_inputs_replay_through_python(folder, name):
         except DecodeError:
             outcomes.append("error")
         if folder == "seeds":
-            assert outcomes == ["image"] * 3, (header.hex(), outcomes)
+            assert outcomes == ["image"] * 4, (header.hex(), outcomes)
 
 
 def test_reused_decoder_with_merged_upsampler_and_row_skips(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import encode_jpeg, smooth_rgb
 from flowers_tl import _reader, geometry
-from flowers_tl.reader import Reader, ReaderConfig
+from flowers_tl.reader import Reader, ReaderConfig, build_identity
 
 COLOURS = 40
 
@@ -364,6 +364,8 @@ def test_python_defaults_are_the_cxx_defaults_and_the_geometry_is_geometry_py():
         # C++ leaves the geometry unset (NaN / 0: refused), so there is no second copy of it.
         assert ours.pop(name) == value, name
         assert math.isnan(cxx.pop(name)) if isinstance(value, float) else cxx.pop(name) == 0
+    # The build's identity (a cache file's key) is Python's to compute; C++ leaves it empty.
+    assert ours.pop("cache.version") == build_identity() and cxx.pop("cache.version") == ""
     assert ours == cxx
 
 
@@ -393,12 +395,16 @@ FIELD_CHANGES = {
     "max_pixels": (1000, {"decoder.max_pixels": 1000}),
     "skip_bad_files": (False, {"skip_bad_files": False}),
     "fill_bad_slots": (False, {"fill_bad_slots": False}),
+    "cache": ("memory", {"cache.location": "memory"}),
+    "cache_short_side": (200, {"cache.short_side": 200}),
+    "cache_max_bytes": (5, {"cache.max_bytes": 5}),
 }
 
 
 def test_every_config_field_reaches_its_cxx_field_and_only_that():
     assert set(FIELD_CHANGES) == {field.name for field in dataclasses.fields(ReaderConfig)}
-    base_config = dict(batch_size=4, num_threads=2, prefetch=3, shuffle=True, num_shards=3)
+    base_config = dict(batch_size=4, num_threads=2, prefetch=3, shuffle=True, num_shards=3,
+                       cache_short_side=100, cache_max_bytes=10**9)
     base = flat_options(ReaderConfig(**base_config).resolved().to_options())
     for field, (value, expected) in FIELD_CHANGES.items():
         changed = flat_options(ReaderConfig(**{**base_config, field: value}).resolved().to_options())

@@ -172,3 +172,31 @@ def test_eval_pixels_differ_from_the_readers_as_geometry_py_says(tmp_path):
         maxima.append(difference.max())
     assert 3.0 < np.mean(means) < 4.5 and 1.0 < min(means) and max(means) < 8.5, means
     assert 100 < max(maxima) <= 160, maxima
+
+
+def test_the_cached_pipeline_is_the_streaming_one_over_decoded_images(tiny_set):
+    # Images under the cap are cached as decoded: the same order (the same shuffle over the
+    # same elements), the same crop windows (the same sampler on the same shapes) and labels.
+    # Pixels: decode_and_crop_jpeg upsamples 4:2:0 chroma at the window's edge from the window
+    # alone, the cached full decode from its neighbours; the eval path decodes whole both ways.
+    files, labels = tiny_set
+    for training in (True, False):
+        def batches(**cache):
+            dataset = make_dataset(files, labels, batch_size=4, image_size=24, seed=3,
+                                   num_threads=2, training=training, **cache)
+            return list(dataset.take(6).as_numpy_iterator())
+
+        for (streamed, streamed_labels), (cached, cached_labels) in zip(
+                batches(), batches(cache_short_side=1000)):
+            np.testing.assert_array_equal(streamed_labels, cached_labels)
+            error = np.abs(streamed.astype(int) - cached)
+            if training:
+                assert error.mean() < 1.0, error.mean()
+            else:
+                assert error.max() == 0
+    # A cap under the image sizes: cached smaller, still every label with its image.
+    capped = make_dataset(files, labels, batch_size=5, image_size=16, num_threads=2,
+                          cache_short_side=20)
+    for images, batch_labels in capped.take(4).as_numpy_iterator():
+        assert images.shape == (5, 16, 16, 3)
+        np.testing.assert_array_equal(_dominant_channels(images), batch_labels)

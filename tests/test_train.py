@@ -270,3 +270,21 @@ def test_train_as_a_library_call_gives_back_the_signal_handlers(tiny_data, tmp_p
     summary = train(config)
     assert summary["stop_reason"] == "finished"
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_reader_cache_folder_serves_training_and_evaluation_and_the_next_run(tiny_data, tmp_path):
+    cache = tmp_path / "cache"
+    first_code, first = run(train_command(tiny_data, tmp_path / "first", "--max_steps", "3",
+                                          "--input", "cxx-cache", "--reader_cache", cache))
+    assert first_code == 0, first[-3000:]
+    built = [line for line in first.splitlines() if line.startswith("reader: building")]
+    assert len(built) == 2, first[-3000:]  # the training split and the held-out split
+    assert sorted(name.split("-")[1] for name in os.listdir(cache)) == ["eval", "train"]
+    second_code, second = run(train_command(tiny_data, tmp_path / "second", "--max_steps", "3",
+                                            "--reader_cache", cache))
+    assert second_code == 0, second[-3000:]
+    assert "reader: " not in second  # both reused: nothing decoded, nothing said
+    with open(tmp_path / "second" / "result.json") as handle:
+        report = json.load(handle)["input"]
+    assert report["images_decoded"] == 0 and report["cache"]["kind"] == "file"
+    assert report["cache"]["reused"] and report["cache"]["images_from_cache"] >= 3 * 8  # + prefetch
