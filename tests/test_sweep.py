@@ -73,7 +73,7 @@ def test_rows_carry_their_configuration_and_the_environment(smoke):
     _, rows, _ = smoke
     assert len(by_cell(rows)) == 5  # 3 matrix cells + the tf.data anchor + Keras fit
     assert len(by_cell(rows, "throughput_round")) == 4  # one round of the 4 that run
-    assert len(by_cell(rows, "time_to_target")) == 1
+    assert len(by_cell(rows, "time_to_target")) == 2  # the default's and Keras fit's
     for row in rows:
         assert row["sweep"] == "smoke" and row["status"] in ("ok", "skipped", "error")
         environment = row["environment"]
@@ -131,7 +131,8 @@ def test_throughput_rows_and_the_anchors(smoke):
 @pytest.mark.e2e
 def test_time_to_target_row(smoke):
     _, rows, _ = smoke
-    (run,) = [row for row in rows if row["phase"] == "time_to_target"]
+    (run,) = [row for row in rows if row["phase"] == "time_to_target"
+              and row["role"] != "anchor-keras-fit"]
     assert run["status"] == "ok" and run["target_metric"] == "train_accuracy"
     assert run["config"]["stop_at_target"] and run["accuracy_curve"]
     # The smoke target (5% train accuracy, 3 classes) is met in the first epoch unless the
@@ -140,6 +141,43 @@ def test_time_to_target_row(smoke):
     assert 0 < run["seconds_to_target_from_first_step"] < \
         run["seconds_to_target_from_process_start"]
     assert run["accuracy_at_target"] >= run["target_accuracy"] == 0.05
+    assert run["start_weights"] == "scratch (residual branches' last BN gamma 0)"
+
+
+@pytest.mark.e2e
+def test_keras_fit_runs_to_the_same_target_on_the_same_split(smoke):
+    """The peer in the same run: keras.applications.ResNet50 with fit, the default's recipe."""
+    folder, rows, _ = smoke
+    ours = next(row for row in rows if row["phase"] == "time_to_target" and row["default"])
+    keras = by_cell(rows, "time_to_target")["keras-fit-fp32-b4-32px-cpu"]
+    assert keras["status"] == "ok", keras.get("error")
+    assert keras["role"] == "anchor-keras-fit" and keras["production_config"] is None
+    for key in ("target_metric", "target_accuracy", "val_images", "seed", "global_batch"):
+        assert keras[key] == ours[key], key
+    for key in ("image_size", "batch_size", "epochs", "lr_schedule", "warmup_epochs",
+                "lr_schedule_shape", "batch_norm_momentum", "zero_init_residual", "val_fraction",
+                "crop_area_min", "checkpoint_url"):
+        assert keras["config"][key] == ours["config"][key], key
+    assert keras["config"]["variant"] == "keras" and ours["config"]["variant"] == "slim"
+    assert keras["start_weights"].startswith("scratch (Keras' own initialisers")
+    assert keras["reached"] and keras["stop_reason"] == "target reached"  # 5%: see above
+    assert 0 < keras["seconds_to_target_from_first_step"] < \
+        keras["seconds_to_target_from_process_start"]
+    # held-out accuracy evaluated every epoch, its time counted in the clock and on its own
+    assert keras["accuracy_curve"][0][2] is not None and keras["eval_seconds"] > 0
+    assert 0 < keras["eval_seconds_to_target"] < keras["seconds_to_target_from_first_step"]
+    # the rate Keras' optimizer used at every step is the one our trainer used (warm-up included)
+    def rates(run):
+        lines = (folder / "cells" / f"ttt-{run}" / "metrics.jsonl").read_text().splitlines()
+        return [row["learning_rate"] for row in map(json.loads, lines) if row["kind"] == "step"]
+
+    ours_rates, keras_rates = rates(ours["cell"]), rates(keras["cell"])
+    assert len(keras_rates) >= 2 and len(set(keras_rates)) > 1  # the warm-up ramps
+    shared = min(len(ours_rates), len(keras_rates))
+    assert keras_rates[:shared] == pytest.approx(ours_rates[:shared], rel=1e-6)  # fp32 rates
+    text = (folder / "report.md").read_text()
+    assert "Keras' time over ours: " in text
+    assert "training accuracy (train_accuracy over each epoch's batches; seed 0" in text
 
 
 @pytest.mark.e2e
