@@ -40,7 +40,6 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
-KERAS_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 RESIDUAL_LAST_BN = re.compile(r"conv\d_block\d+_3_bn")  # zero-init residual: these gammas
 
 
@@ -50,6 +49,8 @@ def setup(precision: str, seed: int, num_gpus: int):
     import flowers_tl  # noqa: F401  (the same TensorFlow kernel options as our cells)
     import keras
     import tensorflow as tf
+
+    from bench.step import KERAS_POLICIES  # bench.step's Keras cells use the same policies
 
     if num_gpus == 0:
         tf.config.set_visible_devices([], "GPU")

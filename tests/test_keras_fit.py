@@ -39,7 +39,8 @@ def test_our_keras_variant_checkpoint_gives_our_probabilities_in_keras(our_keras
     model = fresh_keras()
     restored = restore_into_keras(model, str(root), exclude_patterns=())
     assert restored["format"] == "flowers_tl checkpoint"
-    assert restored["loaded"] == restored["total"] == len(model.weights) and not restored["excluded"]
+    assert restored["loaded"] == restored["total"] == len(model.weights)
+    assert not restored["excluded"]
     probabilities = np.asarray(model(keras.applications.resnet50.preprocess_input(images.copy()),
                                      training=False))
     # fp32 through 53 layers, two implementations of the same arithmetic: 1e-4 (as the h5 test)

@@ -173,7 +173,8 @@ def test_time_to_target_text_says_how_long_it_tried_and_the_best_it_got():
     cut.update(run_seconds=655.0, stop_reason="interrupted by SIGTERM")
     assert report.time_to_target_text(cut) == \
         "not reached in 655 s (best val_accuracy 0.870 at epoch 7)"
-    finished = dict(cut, over_budget=False, stop_reason="finished", epochs_run=50, run_seconds=400.0)
+    finished = dict(cut, over_budget=False, stop_reason="finished", epochs_run=50,
+                    run_seconds=400.0)
     assert report.time_to_target_text(finished) == \
         "not reached in its 50 epochs (400 s) (best val_accuracy 0.870 at epoch 7)"
     assert report.time_to_target_text(dict(finished, best_accuracy=None, best_epoch=None)) == \

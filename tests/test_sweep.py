@@ -3,8 +3,10 @@
 The end-to-end test runs `python -m bench.sweep --preset smoke` once (module fixture) from an
 empty temporary folder -- not the checkout, and with no PYTHONPATH, as a user of the installed
 package would -- with one extra cell whose batch is larger than the tiny data set, so the
-trainer fails at run time: 5 cell processes, a reader pass and the report (~1.5-2 minutes on 2
-cores, most of it TensorFlow start-up). The other tests are unit tests on small inputs.
+trainer fails at run time: 6 cell processes (the Keras-fit anchor twice: throughput, then to
+the target), a reader pass and the report (~3 minutes on 2 quiet cores, most of it TensorFlow
+start-up and Keras' first step; 8 on 2 cores loaded by other work). The other tests are unit
+tests on small inputs.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def smoke(tmp_path_factory):
     result = subprocess.run(
         [sys.executable, "-m", "bench.sweep", "--preset", "smoke", "--out", "smoke",
          "--cell", "batch_size=64"],
-        cwd=empty, env=environment, capture_output=True, text=True, timeout=900)
+        cwd=empty, env=environment, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-4000:]
     folder = empty / "smoke"  # a relative --out is the caller's folder's
     rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
@@ -359,6 +361,31 @@ def test_the_error_message_is_the_trainers_line_or_the_tracebacks_last(tmp_path)
     log.write_text("configuration: ...\nflowers_tl.train: error: 24 training images are less "
                    "than one global batch of 64\n")
     assert error_message(log).endswith("less than one global batch of 64")
+    log.write_text("keras fit: ...\nbench.keras_fit: error: cannot load x (TF-slim checkpoint, V2) "
+                   "into keras.applications.ResNet50: 320 problem(s)\nI0000 chatter\n")
+    assert error_message(log).startswith("bench.keras_fit: error: cannot load x")
     log.write_text("Traceback (most recent call last):\n  File x\nMemoryError: out of memory\n"
                    "I0000 some TensorFlow chatter\n")
     assert error_message(log) == "MemoryError: out of memory"
+
+
+def test_the_keras_run_to_the_target_takes_the_defaults_resolved_recipe():
+    from flowers_tl.presets import PRESETS
+
+    default = config_lib.resolve({"checkpoint_url": "none", "epochs": 8}, gpus_available=0)
+    settings = sweep.keras_time_to_target_settings(default, PRESETS["cpu"], "/abs/data", "none",
+                                                   "scratch")
+    resolved = config_lib.flat_dict(default)
+    for key in ("lr_schedule", "lr_schedule_shape", "warmup_epochs", "epochs", "batch_size",
+                "image_size", "batch_norm_momentum", "zero_init_residual", "crop_area_min",
+                "target_metric", "target_accuracy", "val_fraction", "seed", "momentum"):
+        assert settings[key] == resolved[key], key  # as adapted for the run, not the raw knobs
+    assert settings["variant"] == "keras" and settings["stop_at_target"] and not settings["export"]
+    assert settings["data_url"] == "/abs/data" and settings["checkpoint_origin"] == "scratch"
+    assert sweep.keras_cell(settings).name == (f"keras-fit-fp32-b{default.train.batch_size}-"
+                                               f"{default.reader.image_size}px-cpu")
+    assert sweep.our_start_weights(default, None) == "scratch (residual branches' last BN gamma 0)"
+    built_in = config_lib.resolve({}, gpus_available=0)
+    assert sweep.our_start_weights(built_in, "/cache/source/checkpoints") == (
+        "the built-in source checkpoint (variant slim, /cache/source/checkpoints), global_step "
+        "and the logits excluded")
