@@ -1,6 +1,5 @@
 """One sweep cell in its own process, and the figures read back from what it wrote.
 
-    python -m bench.cell --keras_fit /abs/cells/keras-fit-....json --train_url /abs/cells/keras-...
     python -m bench.cell --prepare /abs/cells/prepare-data.json
 
 bench.sweep runs each of its cells as `python -m flowers_tl.train --config <cell>.json
@@ -10,7 +9,8 @@ saves and exits between steps) and, a minute later, SIGKILL. Every path handed t
 absolute and the process runs in the results folder, so the sweep works from any folder and
 from a non-editable install. The figures come from the run folder's per-step rows
 (metrics.jsonl, schema in flowers_tl.results), so a cell that was stopped still gives what it
-measured. The Keras-fit anchor and the preparation of the built-in data run here, the same way.
+measured. The Keras-fit anchor (bench.keras_fit) and the preparation of the built-in data run
+the same way.
 """
 from __future__ import annotations
 
@@ -28,9 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-PROCESS_START = time.time()
-
-from flowers_tl.results import read_jsonl, throughput_from_step_rows  # noqa: E402
+from flowers_tl.results import read_jsonl, throughput_from_step_rows
 
 # Lines of a cell's output worth echoing while it runs (progress of long phases).
 PROGRESS = re.compile(r"^(step \d+/\d+|epoch [\d.]+:|\[source\]|\[synth\]|target reached)")
@@ -91,7 +89,8 @@ def error_message(log_path: Path) -> str:
     """The trainer's one-line error, else a traceback's last line, else the log's last line."""
     lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines()
              if line.strip()]
-    for pattern in (r"^flowers_tl\.train: error: ", r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b"):
+    for pattern in (r"^(flowers_tl\.train|bench\.keras_fit): error: ",
+                    r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b"):
         matches = [line for line in lines if re.match(pattern, line)]
         if matches:
             return matches[-1][:600]
@@ -104,10 +103,12 @@ def time_to_target_figures(metrics: list[dict[str, Any]], result: dict[str, Any]
     epochs = [row for row in metrics if row.get("kind") == "epoch"]
     targets = [row for row in metrics if row.get("kind") == "target"]
     metric = f"{config['target_metric']}_accuracy"
-    seen = [row[metric] for row in epochs if row.get(metric) is not None]
+    seen = [row for row in epochs if row.get(metric) is not None]
+    best = max(seen, key=lambda row: row[metric], default=None)  # the first of equals
     figures = {
         "target_metric": metric, "target_accuracy": config["target_accuracy"],
-        "reached": bool(targets), "best_accuracy": max(seen) if seen else None,
+        "reached": bool(targets), "best_accuracy": best[metric] if best else None,
+        "best_epoch": best["epoch"] if best else None,
         "epochs_run": epochs[-1]["epoch"] if epochs else 0,
         "accuracy_curve": [[row["time"], row["train_accuracy"], row.get("val_accuracy")]
                            for row in epochs],  # [seconds from process start, train, val]
@@ -115,6 +116,9 @@ def time_to_target_figures(metrics: list[dict[str, Any]], result: dict[str, Any]
         # what the figure is of: the split it was measured on, its size and the seed
         "val_images": (result or {}).get("val_images"), "seed": config.get("seed"),
         "warnings": (result or {}).get("warnings"),
+        # held-out evaluation time of the whole run (it counts in the clock), and the run's length
+        "eval_seconds": (result or {}).get("eval_seconds"),
+        "run_seconds": (result or {}).get("seconds"),
     }
     if targets:
         target = targets[0]
@@ -140,8 +144,8 @@ def run_cell(kind: str, phase: str, run_config: dict[str, Any], folder: Path, st
     config_path.write_text(json.dumps(run_config, indent=2, sort_keys=True))
     command = [sys.executable, "-m", "flowers_tl.train", "--config", str(config_path),
                "--train_url", str(train_url)] if kind == "train" else \
-        [sys.executable, "-m", "bench.cell", "--keras_fit", str(config_path),
-         "--train_url", str(train_url)]
+        [sys.executable, "-m", "bench.keras_fit", "--phase", phase, "--settings",
+         str(config_path), "--train_url", str(train_url)]
     returncode, seconds, over = run_process(command, log_path, budget_sec, progress=progress)
     row: dict[str, Any] = dict(cell_seconds=round(seconds, 2), budget_sec=budget_sec,
                                over_budget=over, returncode=returncode,
@@ -177,84 +181,13 @@ def run_cell(kind: str, phase: str, run_config: dict[str, Any], folder: Path, st
                global_batch=(result or {}).get("global_batch") or run_config["batch_size"] * replicas)
     if over:
         row["note"] = f"stopped at its {budget_sec:.0f} s budget"
-    for key in ("jit_compile", "keras_version", "onednn_enabled"):
+    for key in ("jit_compile", "keras_version", "onednn_enabled", "start_weights", "restored"):
         if result and key in result:
             row[key] = result[key]
+    run_config_path = train_url / "config.json"  # the trainer's: the checkpoint it started from
+    if kind == "train" and phase != "throughput" and run_config_path.exists():
+        row["checkpoint_path"] = json.loads(run_config_path.read_text()).get("checkpoint_url")
     return row
-
-
-# ----------------------------------------------------------------------------- the anchor
-def keras_fit(settings_path: str, train_url: str) -> int:
-    """keras.applications.ResNet50 (weights=None) compiled and trained with `fit` the way its
-    users do (Keras' defaults: jit_compile="auto", i.e. XLA on GPUs only; its own dynamic fp16
-    loss scaling), fed by our tf.data pipeline plus Keras' preprocess_input. Writes the
-    per-step rows the trainer would (data wait unknown: null), each step timed by a callback."""
-    import flowers_tl  # noqa: F401  (the same TensorFlow kernel options as our cells)
-    import keras
-    import tensorflow as tf
-
-    from bench.step import KERAS_POLICIES, onednn_enabled
-    from flowers_tl.data import list_folder, split
-    from flowers_tl.tfdata import make_dataset
-
-    settings = json.loads(Path(settings_path).read_text())
-    os.makedirs(train_url, exist_ok=True)
-    if settings["num_gpus"] == 0:
-        tf.config.set_visible_devices([], "GPU")
-    keras.mixed_precision.set_global_policy(KERAS_POLICIES[settings["precision"]])
-    keras.utils.set_random_seed(settings["seed"])
-    listing = list_folder(settings["data_url"])
-    train_set, _ = split(listing, settings["val_fraction"], settings["seed"])
-    strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(settings["num_gpus"])]) \
-        if settings["num_gpus"] > 1 else tf.distribute.get_strategy()
-    global_batch = settings["batch_size"] * strategy.num_replicas_in_sync
-    preprocess = keras.applications.resnet50.preprocess_input
-    dataset = make_dataset(list(train_set.files), list(train_set.labels), global_batch,
-                           settings["image_size"], training=True,
-                           num_threads=settings["reader_threads"], seed=settings["seed"],
-                           drop_remainder=True)
-    dataset = dataset.map(lambda images, labels: (preprocess(tf.cast(images, tf.float32)), labels),
-                          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    size = settings["image_size"]
-    with strategy.scope():
-        model = keras.applications.ResNet50(weights=None, classes=len(listing.class_names),
-                                            input_shape=(size, size, 3))
-        model.compile(optimizer=keras.optimizers.SGD(settings["learning_rate"],
-                                                     momentum=settings["momentum"]),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    rows: list[dict[str, Any]] = []
-
-    class StepTimer(keras.callbacks.Callback):
-        last = None
-
-        def on_train_batch_begin(self, batch, logs=None):
-            if self.last is None:
-                self.last = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            loss = float(logs["loss"])  # reading the loss back waits for the step
-            now = time.perf_counter()
-            rows.append({"kind": "step", "step": batch + 1, "step_seconds": now - self.last,
-                         "images": global_batch, "data_wait_seconds": None,
-                         "warmup": batch + 1 <= settings["warmup_steps"], "loss": loss,
-                         "accuracy": float(logs.get("accuracy", math.nan)),
-                         "learning_rate": settings["learning_rate"],
-                         "time": round(time.time() - PROCESS_START, 3)})
-            self.last = now
-
-    model.fit(dataset, epochs=1, steps_per_epoch=settings["max_steps"], verbose=0,
-              callbacks=[StepTimer()])
-    with open(os.path.join(train_url, "metrics.jsonl"), "w") as handle:
-        handle.writelines(json.dumps(row) + "\n" for row in rows)
-    timed = [row for row in rows if not row["warmup"]]
-    result = {"stop_reason": "finished", "steps": len(rows), "global_batch": global_batch,
-              "replicas": strategy.num_replicas_in_sync,
-              "images_per_sec": throughput_from_step_rows(timed)["images_per_sec"]
-              if timed else None,
-              "jit_compile": bool(model.jit_compile), "keras_version": keras.__version__,
-              "onednn_enabled": onednn_enabled()}
-    Path(train_url, "result.json").write_text(json.dumps(result, indent=2))
-    return 0
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -272,8 +205,9 @@ def prepare_main(config_path: str) -> int:
 
 
 def prepare(values: dict[str, Any], folder: Path, stem: str,
-            progress: Callable[[str], None] | None = None) -> tuple[str, float]:
-    """(the data folder, seconds) for this run configuration; raises RuntimeError on failure."""
+            progress: Callable[[str], None] | None = None) -> tuple[str, str | None, float]:
+    """(the data folder, the checkpoint it starts from, seconds) for this run configuration;
+    raises RuntimeError on failure."""
     path = folder / "cells" / f"{stem}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(values, indent=2, sort_keys=True))
@@ -285,22 +219,19 @@ def prepare(values: dict[str, Any], folder: Path, stem: str,
         raise RuntimeError(f"preparing the data failed: {error_message(log)} (see {log})")
     for line in reversed(log.read_text().splitlines()):
         if line.startswith('{"data_url"'):
-            return json.loads(line)["data_url"], seconds
+            paths = json.loads(line)
+            return paths["data_url"], paths["checkpoint_url"], seconds
     raise RuntimeError(f"preparing the data printed no paths (see {log})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cell",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keras_fit", help="run the Keras-fit anchor with these settings")
-    parser.add_argument("--train_url", help="its run folder")
     parser.add_argument("--prepare", help="make the built-in data for this run configuration")
     args = parser.parse_args(argv)
-    if args.keras_fit:
-        return keras_fit(args.keras_fit, args.train_url)
     if args.prepare:
         return prepare_main(args.prepare)
-    parser.error("--keras_fit or --prepare")
+    parser.error("--prepare")
     return 2
 
 

@@ -19,7 +19,9 @@ In README.md a table sits between markers naming its folder and its kind:
     <!-- /table:intel-xeon-processor-2c-2026-12-02-reader/reader -->
 
 Kinds: `reader` (bench.reader backends against threads, ratios against tf.data and DALI),
-`sweep` (bench.sweep's throughput cells, as in its report.md), `step` (bench.step cells). The
+`sweep` (bench.sweep's throughput cells, as in its report.md), `ttt` (bench.sweep's
+time-to-target runs, ours and Keras fit's, with Keras' time over ours), `step` (bench.step
+cells). The
 caption names the CPU model, the usable cores, the date, the load and the exact commands.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.report import format_number, reader_table, throughput_table
+from bench.report import format_number, reader_table, throughput_table, time_to_target_table
 from flowers_tl.results import ci95, read_jsonl
 
 MARKER = re.compile(r"<!-- table:(?P<name>\S+) -->\n.*?<!-- /table:(?P=name) -->", re.DOTALL)
@@ -73,6 +75,8 @@ KINDS: dict[str, tuple[Callable[[Path], list[dict[str, Any]]],
     "reader": (_reader_rows, reader_table),
     "sweep": (lambda folder: [r for r in read_jsonl(folder / "results.jsonl") if "phase" in r],
               throughput_table),
+    "ttt": (lambda folder: [r for r in read_jsonl(folder / "results.jsonl")
+                            if r.get("phase") == "time_to_target"], time_to_target_table),
     "step": (lambda folder: [r for r in read_jsonl(folder / "results.jsonl") if "model" in r],
              step_table),
 }

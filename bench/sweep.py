@@ -27,15 +27,19 @@ a process is absolute, so the sweep runs from any folder and from a non-editable
                   included, each step synchronised), read from the trainer's per-step rows.
                   A cell's figures pool the timed steps of all its rounds: images/sec with its
                   standard error and 95% interval, jitter, step time, data wait;
-  4. time to target (when the plan asks): the default configuration (and/or the fastest cell)
-                  trained from the pretrained checkpoint until the target or the budget.
+  4. time to target (when the plan asks): the default configuration (and/or the fastest cell,
+                  when it is another) trained from the pretrained checkpoint until the target
+                  or the budget; then, with the keras-fit anchor, keras.applications.ResNet50
+                  trained with fit to the default's target with the default's resolved recipe
+                  (bench.keras_fit), from the starting weights Keras can load: the built-in
+                  source trained for variant keras where ours starts from the built-in source.
 
-tuned.json is chosen by bench.report.choose_tuned: the fastest cell whose arithmetic reached the
-target, except that where its 95% interval overlaps the default's the default stays (a tie, and
-the report says so). A cell that fails becomes an `error` row and the sweep goes on. The results
-folder (results/<time>-<host>-<preset>/) holds results.jsonl (every round and every cell: its
-configuration, figures, environment), results.csv, report.md, PNG plots, reader.jsonl, cells/
-(each cell's config, log and run folder) and tuned.json.
+tuned.json is chosen by bench.report.choose_tuned: the arithmetic of the run first to its target,
+then the fastest cell of that arithmetic, ties keeping the default (the report says so). The
+report gives Keras' time to the target over ours. A cell that fails becomes an `error` row and
+the sweep goes on. The results folder (results/<time>-<host>-<preset>/) holds results.jsonl
+(every round and every cell: its configuration, figures, environment), results.csv, report.md,
+PNG plots, reader.jsonl, cells/ (each cell's config, log and run folder) and tuned.json.
 """
 from __future__ import annotations
 
@@ -82,7 +86,8 @@ def phase_settings(config: config_lib.RunConfig, preset: Preset, phase: str) -> 
 
 def keras_fit_settings(default: config_lib.RunConfig, preset: Preset, data_url: str
                        ) -> dict[str, Any]:
-    """The Keras-fit anchor at the default's batch, image size, precision and devices."""
+    """The Keras-fit anchor's throughput run at the default's batch, image size, precision and
+    devices."""
     sweep = preset.sweep
     return dict(batch_size=default.train.batch_size, image_size=default.reader.image_size,
                 precision=default.model.precision, num_gpus=default.train.num_gpus,
@@ -90,6 +95,39 @@ def keras_fit_settings(default: config_lib.RunConfig, preset: Preset, data_url: 
                 reader_threads=default.reader.reader_threads, momentum=default.train.momentum,
                 learning_rate=config_lib.parse_lr_schedule(default.train.lr_schedule)[0][1],
                 warmup_steps=sweep.warmup_steps, max_steps=sweep.warmup_steps + sweep.timed_steps)
+
+
+def keras_time_to_target_settings(default: config_lib.RunConfig, preset: Preset, data_url: str,
+                                  checkpoint_url: str, origin: str) -> dict[str, Any]:
+    """The Keras-fit anchor's time-to-target run: the default's own time-to-target configuration
+    as resolved (schedule, warm-up, batch-norm momentum, ... exactly what our run gets), on the
+    same data folder, from `checkpoint_url` (a path Keras can load, or none). bench.keras_fit
+    applies each knob the Keras way."""
+    values = phase_settings(default, preset, "time_to_target")
+    values.update(data_url=data_url, checkpoint_url=checkpoint_url, variant="keras",
+                  checkpoint_origin=origin,
+                  note=f"bench.sweep {preset.name}: the Keras-fit anchor's time-to-target run")
+    return values
+
+
+def keras_cell(settings: dict[str, Any]) -> Cell:
+    """The Keras-fit anchor as a cell, named by its precision, batch, size and devices."""
+    name = (f"keras-fit-{settings['precision']}-b{settings['batch_size']}-"
+            f"{settings['image_size']}px-" + (f"{settings['num_gpus']}gpu" if settings['num_gpus']
+                                              else "cpu"))
+    return Cell(name=name, role="anchor-keras-fit", settings=settings)
+
+
+def our_start_weights(config: config_lib.RunConfig, checkpoint_path: str | None) -> str:
+    """What one of our time-to-target runs started from, in words (report.md, the row)."""
+    checkpoint = config.run.checkpoint_url
+    if checkpoint == config_lib.FROM_SCRATCH:
+        return "scratch" + (" (residual branches' last BN gamma 0)"
+                            if config.model.zero_init_residual else "")
+    origin = "the built-in source checkpoint" if checkpoint is None else "the given checkpoint"
+    excluded = config.run.checkpoint_exclude_patterns or "global_step and the logits"
+    return (f"{origin} (variant {config.model.variant}, {checkpoint_path or checkpoint}), "
+            f"{excluded} excluded")
 
 
 def make_row(cell: Cell, phase: str, sweep: str, figures: dict[str, Any],
@@ -232,8 +270,8 @@ def run_sweep(preset: Preset, folder: Path, machine: Machine, settings: dict[str
         data_url = default.data.data_url
         if data_url is None:
             say("preparing the built-in data (cached after the first run)")
-            data_url, seconds = prepare(phase_settings(default, preset, "throughput"), folder,
-                                        "prepare-data", progress=echo)
+            data_url, _, seconds = prepare(phase_settings(default, preset, "throughput"),
+                                           folder, "prepare-data", progress=echo)
             meta["prepare_seconds"] += seconds
         meta["data_url"] = data_url
         if reader and sweep.reader_backends:
@@ -246,11 +284,7 @@ def run_sweep(preset: Preset, folder: Path, machine: Machine, settings: dict[str
                     for cell in runnable]
         if "keras-fit" in sweep.anchors:
             keras = keras_fit_settings(default, preset, data_url)
-            name = (f"keras-fit-{keras['precision']}-b{keras['batch_size']}-"
-                    f"{keras['image_size']}px-" + (f"{keras['num_gpus']}gpu" if keras['num_gpus']
-                                                   else "cpu"))
-            measured.append((Cell(name=name, role="anchor-keras-fit", settings=keras),
-                             "keras-fit", keras))
+            measured.append((keras_cell(keras), "keras-fit", keras))
         by_cell: dict[str, list[dict[str, Any]]] = {cell.name: [] for cell, _, _ in measured}
         total_runs, done, run_seconds = len(measured) * sweep.rounds, 0, 0.0
         try:
@@ -278,18 +312,25 @@ def run_sweep(preset: Preset, folder: Path, machine: Machine, settings: dict[str
                     replicas = by_cell[cell.name][-1].get("replicas") or 1
                     record(make_row(cell, "throughput", preset.name,
                                     pooled(by_cell[cell.name], replicas), run_config))
-        for cell in time_to_target_cells(preset, default, cells, rows):
+        ttt_cells = time_to_target_cells(preset, default, cells, rows)
+        for cell in ttt_cells:
             if default.data.data_url is None and cell.config.run.checkpoint_url is None:
                 say(f"preparing the source checkpoint for {cell.name} (cached after the first run)")
-                _, seconds = prepare(phase_settings(cell.config, preset, "time_to_target"),
-                                     folder, f"prepare-{cell.name}", progress=echo)
+                _, _, seconds = prepare(phase_settings(cell.config, preset, "time_to_target"),
+                                        folder, f"prepare-{cell.name}", progress=echo)
                 meta["prepare_seconds"] += seconds
             say(f"time to target: {cell.name} (budget {minutes(sweep.ttt_budget_sec)})")
             run_config = phase_settings(cell.config, preset, "time_to_target")
             figures = run_cell("train", "time_to_target", run_config, folder,
                                f"ttt-{cell.name}", sweep.ttt_budget_sec, keep_checkpoints,
                                progress=echo)
+            if figures["status"] == "ok":
+                figures["start_weights"] = our_start_weights(cell.config,
+                                                             figures.get("checkpoint_path"))
             record(make_row(cell, "time_to_target", preset.name, figures, run_config))
+        if ttt_cells and "keras-fit" in sweep.anchors:
+            record(keras_time_to_target(preset, default, data_url, folder, meta, say, echo,
+                                        keep_checkpoints))
     except RuntimeError as error:  # the preparation failed: nothing can be measured
         meta["error"] = str(error)
         say(f"error: {error}")
@@ -301,6 +342,44 @@ def run_sweep(preset: Preset, folder: Path, machine: Machine, settings: dict[str
     report.write_all(folder, rows, meta)
     say(f"report: {folder / 'report.md'} ({minutes(meta['wall_seconds'])} in all)")
     return rows
+
+
+def keras_time_to_target(preset: Preset, default, data_url: str, folder: Path,
+                         meta: dict[str, Any], say, echo, keep_checkpoints: bool
+                         ) -> dict[str, Any]:
+    """The Keras-fit anchor trained to the default's target (its row). Its starting weights:
+    from scratch when ours starts from scratch; where ours fine-tunes from the built-in source,
+    that source trained for variant keras (flowers_tl.builtin, cached like ours), which
+    keras.applications.ResNet50 loads by name; otherwise the given checkpoint, which must be
+    one Keras can load (a Keras HDF5 file, a flowers_tl checkpoint of variant keras), or the
+    row is an error saying so."""
+    checkpoint = default.run.checkpoint_url
+    if checkpoint == config_lib.FROM_SCRATCH:
+        checkpoint_url, origin = config_lib.FROM_SCRATCH, "scratch"
+    elif checkpoint is None:
+        say("preparing the built-in source checkpoint for variant keras, the Keras anchor's "
+            "starting weights (cached after the first run)")
+        keras_default = config_lib.with_overrides(default, {"variant": "keras"})
+        origin = "the built-in source checkpoint trained for variant keras"
+        try:
+            _, checkpoint_url, seconds = prepare(
+                phase_settings(keras_default, preset, "time_to_target"), folder,
+                "prepare-keras-source", progress=echo)
+        except RuntimeError as error:  # its row says so; our rows stand
+            settings = keras_time_to_target_settings(default, preset, data_url, None, origin)
+            return make_row(keras_cell(settings), "time_to_target", preset.name,
+                            {"status": "error", "error": str(error)}, settings)
+        meta["prepare_seconds"] += seconds
+    else:
+        checkpoint_url, origin = checkpoint, "the given checkpoint"
+    settings = keras_time_to_target_settings(default, preset, data_url, checkpoint_url, origin)
+    cell = keras_cell(settings)
+    budget = preset.sweep.ttt_budget_sec
+    say(f"time to target: {cell.name}, keras.applications.ResNet50 with fit, from {origin} "
+        f"(budget {minutes(budget)})")
+    figures = run_cell("keras-fit", "time_to_target", settings, folder, f"ttt-{cell.name}",
+                       budget, keep_checkpoints, progress=echo)
+    return make_row(cell, "time_to_target", preset.name, figures, settings)
 
 
 def time_to_target_cells(preset: Preset, default, cells: list[Cell],

@@ -33,7 +33,15 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 # /proc/cpuinfo flags that decide which kernels oneDNN and XLA pick (x86), and their ARM kin.
 CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
                 "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
-                "asimd", "sve", "bf16")
+                "amx_fp16", "asimd", "asimdhp", "sve", "bf16")
+X86_FEATURES = ("sse4_2", "avx", "avx2")  # any of these: an x86 CPU; "asimd": an Arm one
+# The flags that mean the CPU has arithmetic units for a reduced precision, per architecture.
+REDUCED_PRECISION_UNITS = {
+    ("x86", "bf16"): ("avx512_bf16", "amx_bf16"), ("x86", "fp16"): ("avx512_fp16", "amx_fp16"),
+    ("arm", "bf16"): ("bf16",), ("arm", "fp16"): ("asimdhp",)}
+UNIT_NAMES = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16", "avx512_fp16": "AVX512-FP16",
+              "amx_fp16": "AMX-FP16", "bf16": "the Arm BF16 extension",
+              "asimdhp": "Arm half-precision SIMD (asimdhp)"}
 
 
 def describe_environment() -> dict[str, Any]:
@@ -113,6 +121,30 @@ def cpu_features() -> dict[str, bool]:
         if key.strip() in ("flags", "Features"):  # x86, ARM
             flags.update(value.split())
     return {feature: feature in flags for feature in CPU_FEATURES} if flags else {}
+
+
+def arithmetic_note(precision: str, features: dict[str, bool] | None, gpus: int = 0
+                    ) -> str | None:
+    """Why a reduced-precision run on this CPU is expected to be slower than fp32, or None.
+
+    Only where the CPU's flags (cpu_features(), or a result row's environment) are known and
+    lack every unit for the precision: bf16 without AVX512-BF16 / AMX-BF16 (Arm: BF16), fp16
+    without AVX512-FP16 / AMX-FP16 (Arm: asimdhp). There every reduced-precision op converts its
+    operands to fp32 and back, so the mixed-precision cell pays the casts and gains nothing. On
+    GPUs, in fp32, or with unknown flags: None (nothing detected, nothing claimed)."""
+    if gpus or precision not in ("bf16", "fp16") or not features:
+        return None
+    architecture = "x86" if any(features.get(flag) for flag in X86_FEATURES) else \
+        "arm" if features.get("asimd") else None
+    if architecture is None:
+        return None
+    units = REDUCED_PRECISION_UNITS[(architecture, precision)]
+    if any(features.get(flag) for flag in units):
+        return None
+    names = " or ".join(UNIT_NAMES[flag] for flag in units)
+    return (f"{precision} on a CPU without {names}: no {precision} arithmetic units, so every "
+            f"{precision} op (oneDNN's or Eigen's) converts to fp32 and back; expected slower "
+            f"than fp32")
 
 
 def cpu_slug() -> str:

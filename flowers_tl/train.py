@@ -187,6 +187,14 @@ class MetricsLog:
                         tf.summary.scalar(f"{row['kind']}/{key}", value)
 
 
+def run_warnings(config: config_lib.RunConfig, val_images: int) -> list[str]:
+    """What the header warns about (and result.json keeps): a held-out split too small for the
+    target, a reduced precision this CPU has no arithmetic units for (flowers_tl.env)."""
+    from flowers_tl.env import arithmetic_note, cpu_features
+    note = arithmetic_note(config.model.precision, cpu_features(), config.train.num_gpus)
+    return split_warnings(config, val_images) + ([f"precision: {note}"] if note else [])
+
+
 def default_train_url() -> str:
     return os.path.join("runs", time.strftime("flowers_tl-%Y%m%d-%H%M%S"))
 
@@ -298,7 +306,7 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
               f"as given (not scaled with the global batch); {steps_per_epoch} steps per epoch, "
               f"{total_steps} steps", flush=True)
         print("\n".join(restore_lines), flush=True)
-        for line in split_warnings(config, len(val_set)):
+        for line in run_warnings(config, len(val_set)):
             print(line, flush=True)
 
     # ---- the loop
@@ -438,7 +446,7 @@ def finish(config, resolved, train_url, model, dataset, step_rows, stop_reason, 
                "best_val_accuracy": best["val"] if val_images else None,
                "time_to_target": target_event, "seconds": time.time() - PROCESS_START,
                "eval_seconds": eval_seconds, "val_images": val_images,
-               "warnings": split_warnings(config, val_images),
+               "warnings": run_warnings(config, val_images),
                "config": config_lib.to_dict(resolved), "input": input_summary}
     if not chief:
         return summary

@@ -149,3 +149,42 @@ def test_gemm_probe_runs_for_its_time_and_gives_a_plausible_rate():
     numpy_gflops = 2 * 512**3 * count / (time.perf_counter() - begin) / 1e9
     assert numpy_gflops / 20 < gflops < numpy_gflops * 20
     assert env.measure_peak_gflops("bfloat16", seconds=0.2, size=256) > 0
+
+
+X86_AVX2 = {"sse4_2": True, "avx": True, "avx2": True, "fma": True, "avx512f": False,
+            "avx512_bf16": False, "avx512_fp16": False, "amx_bf16": False, "amx_fp16": False}
+
+
+@pytest.mark.parametrize("features, precision, expected", [
+    (X86_AVX2, "bf16", "bf16 on a CPU without AVX512-BF16 or AMX-BF16: no bf16 arithmetic units"),
+    (X86_AVX2, "fp16", "fp16 on a CPU without AVX512-FP16 or AMX-FP16: no fp16 arithmetic units"),
+    (dict(X86_AVX2, avx512f=True), "bf16", "bf16 on a CPU without AVX512-BF16 or AMX-BF16"),
+    (dict(X86_AVX2, avx512_bf16=True), "bf16", None),  # Cooper Lake: AVX512-BF16 alone
+    (dict(X86_AVX2, amx_bf16=True), "bf16", None),
+    (dict(X86_AVX2, avx512_fp16=True), "fp16", None),
+    (dict(X86_AVX2, avx512_fp16=True), "bf16", "bf16 on a CPU without AVX512-BF16"),
+    ({"asimd": True, "bf16": False}, "bf16", "bf16 on a CPU without the Arm BF16 extension"),
+    ({"asimd": True, "bf16": True}, "bf16", None),  # e.g. Graviton3
+    (X86_AVX2, "fp32", None),
+    ({}, "bf16", None),  # /proc/cpuinfo unreadable: nothing detected, nothing claimed
+    (None, "bf16", None),
+])
+def test_arithmetic_note_from_fake_cpu_features(features, precision, expected):
+    note = env.arithmetic_note(precision, features)
+    if expected is None:
+        assert note is None
+    else:
+        assert note.startswith(expected) and note.endswith("expected slower than fp32")
+        assert "converts to fp32 and back" in note
+
+
+def test_arithmetic_note_is_silent_on_gpus_and_follows_lscpu_on_this_cpu():
+    assert env.arithmetic_note("bf16", X86_AVX2, gpus=1) is None
+    output = subprocess.run(["lscpu"], capture_output=True, text=True).stdout \
+        if shutil.which("lscpu") else ""
+    flags = {flag for line in output.splitlines() if line.startswith("Flags:")
+             for flag in line.split(":", 1)[1].split()}
+    if not flags:
+        pytest.skip("lscpu lists no flags here")
+    note = env.arithmetic_note("bf16", env.cpu_features())
+    assert (note is None) == bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})

@@ -86,6 +86,168 @@ def test_report_md_and_tuned_json_of_a_tie(tmp_path):
     assert tuned["input"] == "cxx" and "ties with" in tuned["note"]
 
 
+# ------------------------------------------------------------- time to target: the choice
+def _run(cell, seconds, steps, reached=True, default=False, precision="fp32", **figures):
+    """One of our time-to-target rows (seconds None: not reached)."""
+    row = _cell(cell, 1.0, default=default, phase="time_to_target", reached=reached,
+                target_metric="val_accuracy", target_accuracy=0.95, val_images=300, seed=0,
+                seconds_to_target_from_process_start=seconds, steps_to_target=steps, **figures)
+    row["production_config"]["precision"] = precision
+    return row
+
+
+def _timed(cell, rate, low, high, default=False, precision="fp32"):
+    row = _cell(cell, rate, default=default, images_per_sec_ci95=[low, high])
+    row["production_config"]["precision"] = precision
+    return row
+
+
+def test_tuned_is_the_configuration_first_to_the_held_out_target():
+    """bf16 is faster per step and needs more steps, yet gets there first: it is tuned."""
+    rows = [_timed("default", 40.0, 39.0, 41.0, default=True),
+            _timed("bf16", 60.0, 59.0, 61.0, precision="bf16"),
+            _run("default", 300.0, 200, default=True),
+            _run("bf16", 250.0, 240, precision="bf16")]
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "bf16"
+    assert "val_accuracy 0.95 in 250 s by its own time-to-target run" in why
+    assert "the best time to the target of the runs that reached it (others: default 300 s)" in why
+    # the other way round: bf16's arithmetic needs so many more steps that fp32 is first
+    rows[-1].update(seconds_to_target_from_process_start=330.0, steps_to_target=400)
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "default" and "others: bf16 330 s" in why
+    # bf16 did not reach the target: the fastest cell does not win for its images/sec alone
+    rows[-1].update(reached=False, seconds_to_target_from_process_start=None)
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "default" and "others" not in why
+
+
+def test_the_default_ties_with_a_run_of_the_same_steps_and_overlapping_rates():
+    rows = [_timed("default", 40.0, 39.0, 41.0, default=True),
+            _timed("bf16", 40.8, 40.5, 41.1, precision="bf16"),
+            _run("default", 300.0, 200, default=True), _run("bf16", 294.0, 200, precision="bf16")]
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "default"
+    assert ("it ties on time to the target with bf16 (294 s against the default's 300 s): the "
+            "same 200 steps and overlapping images/sec intervals") in why
+    rows[1]["images_per_sec_ci95"] = [41.2, 41.6]  # apart: the faster run wins
+    assert report.choose_tuned(rows)[0]["cell"] == "bf16"
+    rows[1]["images_per_sec_ci95"] = [40.5, 41.1]
+    rows[3]["steps_to_target"] = 180  # fewer steps: not noise
+    assert report.choose_tuned(rows)[0]["cell"] == "bf16"
+
+
+def test_within_the_winning_arithmetic_the_runs_own_cell_ties_with_a_faster_kernel():
+    rows = [_timed("default", 40.0, 39.0, 41.0, default=True),
+            _timed("bf16", 60.0, 59.0, 61.0, precision="bf16"),
+            _timed("xla-bf16", 60.5, 59.5, 61.5, precision="bf16"),
+            _run("default", 300.0, 200, default=True), _run("bf16", 250.0, 240, precision="bf16")]
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "bf16"
+    assert why.startswith("bf16, which ties with the fastest cell that reached the target, "
+                          "xla-bf16 (60.5 img/s, 95% interval 59.5-61.5) against its 60.0 img/s")
+    assert "the configuration measured to the target is kept" in why
+    rows[2]["images_per_sec_ci95"] = [61.2, 61.8]  # a faster kernel, same arithmetic: it wins
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "xla-bf16" and "the time-to-target run of bf16 (same arithmetic" in why
+
+
+def test_the_keras_runs_are_never_candidates():
+    keras = _run("keras-fit-fp32", 100.0, 50)
+    keras["role"] = "anchor-keras-fit"
+    rows = [_timed("default", 40.0, 39.0, 41.0, default=True), _run("default", 300.0, 200,
+                                                                    default=True), keras]
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "default" and "others" not in why
+
+
+# ---------------------------------------------------- time to target: the words and the ratio
+def test_time_to_target_text_says_how_long_it_tried_and_the_best_it_got():
+    reached = _run("ours", 131.4, 252)
+    assert report.time_to_target_text(reached) == "131 s"
+    cut = _run("keras", None, None, reached=False, best_accuracy=0.8704, best_epoch=7,
+               over_budget=True, cell_seconds=661.2, run_seconds=None,
+               stop_reason="killed before writing result.json", epochs_run=7)
+    assert report.time_to_target_text(cut) == \
+        "not reached in 661 s (best val_accuracy 0.870 at epoch 7)"
+    cut.update(run_seconds=655.0, stop_reason="interrupted by SIGTERM")
+    assert report.time_to_target_text(cut) == \
+        "not reached in 655 s (best val_accuracy 0.870 at epoch 7)"
+    finished = dict(cut, over_budget=False, stop_reason="finished", epochs_run=50,
+                    run_seconds=400.0)
+    assert report.time_to_target_text(finished) == \
+        "not reached in its 50 epochs (400 s) (best val_accuracy 0.870 at epoch 7)"
+    assert report.time_to_target_text(dict(finished, best_accuracy=None, best_epoch=None)) == \
+        "not reached in its 50 epochs (400 s) (no accuracy measured)"
+
+
+def test_the_keras_ratio_is_its_time_over_ours_or_a_bound_or_nothing():
+    ours, keras = _run("ours", 100.0, 200), _run("keras", 250.0, 200)
+    assert report.keras_ratio(ours, keras) == (2.5, "2.50x")
+    not_reached = dict(keras, reached=False, over_budget=True, run_seconds=660.0)
+    assert report.keras_ratio(ours, not_reached) == (
+        None, "> 6.60x (Keras fit not reached in 660 s; a lower bound)")
+    finished = dict(not_reached, over_budget=False, stop_reason="finished")
+    assert report.keras_ratio(ours, finished) == (
+        None, "- (Keras fit did not reach the target in its epochs)")
+    assert report.keras_ratio(dict(ours, reached=False), keras)[0] is None
+    assert report.keras_ratio(ours, None) == (None, "-")
+
+
+def test_the_headline_names_metric_split_seed_and_machine():
+    ours = _run("default", 120.0, 200, default=True, environment={
+        "cpu_model": "Test CPU", "cpu_count_affinity": 2})
+    keras = _run("keras-fit-fp32-b32-64px-cpu", 300.0, 200)
+    keras["role"] = "anchor-keras-fit"
+    (line,) = report.keras_headline([ours, keras])
+    assert line == ("Time to 95% held-out accuracy (val_accuracy, 300 held-out images, seed 0) "
+                    "on Test CPU (2 usable cores): ours (default) 120 s, Keras fit "
+                    "(keras-fit-fp32-b32-64px-cpu) 300 s; Keras' time over ours: 2.50x (at "
+                    "least the 2x goal).")
+    keras.update(seconds_to_target_from_process_start=180.0)
+    assert "1.50x (under the 2x goal)" in report.keras_headline([ours, keras])[0]
+    failed = {"cell": "keras-fit", "phase": "time_to_target", "role": "anchor-keras-fit",
+              "status": "error", "error": "cannot load x into keras.applications.ResNet50"}
+    assert report.keras_headline([ours, failed]) == [
+        "Keras fit to the target: error: cannot load x into keras.applications.ResNet50."]
+
+
+def test_time_to_target_table_rows_and_starting_weights():
+    ours = _run("default", 120.0, 200, default=True, eval_seconds_to_target=9.25,
+                seconds_to_target_from_first_step=110.0, best_accuracy=0.953,
+                stop_reason="target reached", start_weights="the built-in source checkpoint")
+    keras = _run("keras-fit", None, None, reached=False, best_accuracy=0.9, best_epoch=3,
+                 over_budget=True, run_seconds=660.0, stop_reason="interrupted by SIGTERM",
+                 start_weights="the built-in source checkpoint trained for variant keras")
+    keras["role"] = "anchor-keras-fit"
+    lines = report.time_to_target_table([keras, ours])
+    assert lines[2] == ("| default | cell, default | val_accuracy | 0.95 | 300 | 0 | 120 s | "
+                        "110 s | 9.2 s | 200 | 0.953 | target reached | > 5.50x (Keras fit not "
+                        "reached in 660 s; a lower bound) |")
+    assert lines[3].startswith("| keras-fit | anchor-keras-fit | val_accuracy | 0.95 | 300 | 0 "
+                               "| not reached in 660 s (best val_accuracy 0.900 at epoch 3) |")
+    assert lines[3].endswith("| interrupted by SIGTERM | - |")
+    assert lines[-2:] == ["- default started from the built-in source checkpoint.",
+                          "- keras-fit started from the built-in source checkpoint trained for "
+                          "variant keras."]
+
+
+def test_a_bf16_cell_on_a_cpu_without_bf16_units_says_why_it_is_slower():
+    avx2 = {"sse4_2": True, "avx": True, "avx2": True, "avx512_bf16": False, "amx_bf16": False}
+    rows = [_cell("default", 40.0, default=True, precision="fp32", num_gpus=0,
+                  environment={"cpu_features": avx2}),
+            _cell("bf16", 20.0, precision="bf16", num_gpus=0,
+                  environment={"cpu_features": avx2})]
+    lines = report.throughput_table(rows)
+    assert lines[-1] == ("bf16 (0.50x the default): bf16 on a CPU without AVX512-BF16 or "
+                         "AMX-BF16: no bf16 arithmetic units, so every bf16 op (oneDNN's or "
+                         "Eigen's) converts to fp32 and back; expected slower than fp32.")
+    amx = dict(avx2, avx512_bf16=True, amx_bf16=True)
+    for row in rows:
+        row["environment"] = {"cpu_features": amx}
+    assert report.throughput_table(rows)[-1].startswith("| bf16 |")  # no note: it has them
+
+
 # ---------------------------------------------------------------------------- the tables
 def _reader(backend, threads, rate, **extra):
     return {"backend": backend, "num_threads": threads, "samples_per_sec": rate,

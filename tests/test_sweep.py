@@ -3,8 +3,10 @@
 The end-to-end test runs `python -m bench.sweep --preset smoke` once (module fixture) from an
 empty temporary folder -- not the checkout, and with no PYTHONPATH, as a user of the installed
 package would -- with one extra cell whose batch is larger than the tiny data set, so the
-trainer fails at run time: 5 cell processes, a reader pass and the report (~1.5-2 minutes on 2
-cores, most of it TensorFlow start-up). The other tests are unit tests on small inputs.
+trainer fails at run time: 6 cell processes (the Keras-fit anchor twice: throughput, then to
+the target), a reader pass and the report (~3 minutes on 2 quiet cores, most of it TensorFlow
+start-up and Keras' first step; 8 on 2 cores loaded by other work). The other tests are unit
+tests on small inputs.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def smoke(tmp_path_factory):
     result = subprocess.run(
         [sys.executable, "-m", "bench.sweep", "--preset", "smoke", "--out", "smoke",
          "--cell", "batch_size=64"],
-        cwd=empty, env=environment, capture_output=True, text=True, timeout=900)
+        cwd=empty, env=environment, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-4000:]
     folder = empty / "smoke"  # a relative --out is the caller's folder's
     rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
@@ -73,7 +75,7 @@ def test_rows_carry_their_configuration_and_the_environment(smoke):
     _, rows, _ = smoke
     assert len(by_cell(rows)) == 5  # 3 matrix cells + the tf.data anchor + Keras fit
     assert len(by_cell(rows, "throughput_round")) == 4  # one round of the 4 that run
-    assert len(by_cell(rows, "time_to_target")) == 1
+    assert len(by_cell(rows, "time_to_target")) == 2  # the default's and Keras fit's
     for row in rows:
         assert row["sweep"] == "smoke" and row["status"] in ("ok", "skipped", "error")
         environment = row["environment"]
@@ -131,7 +133,8 @@ def test_throughput_rows_and_the_anchors(smoke):
 @pytest.mark.e2e
 def test_time_to_target_row(smoke):
     _, rows, _ = smoke
-    (run,) = [row for row in rows if row["phase"] == "time_to_target"]
+    (run,) = [row for row in rows if row["phase"] == "time_to_target"
+              and row["role"] != "anchor-keras-fit"]
     assert run["status"] == "ok" and run["target_metric"] == "train_accuracy"
     assert run["config"]["stop_at_target"] and run["accuracy_curve"]
     # The smoke target (5% train accuracy, 3 classes) is met in the first epoch unless the
@@ -140,6 +143,43 @@ def test_time_to_target_row(smoke):
     assert 0 < run["seconds_to_target_from_first_step"] < \
         run["seconds_to_target_from_process_start"]
     assert run["accuracy_at_target"] >= run["target_accuracy"] == 0.05
+    assert run["start_weights"] == "scratch (residual branches' last BN gamma 0)"
+
+
+@pytest.mark.e2e
+def test_keras_fit_runs_to_the_same_target_on_the_same_split(smoke):
+    """The peer in the same run: keras.applications.ResNet50 with fit, the default's recipe."""
+    folder, rows, _ = smoke
+    ours = next(row for row in rows if row["phase"] == "time_to_target" and row["default"])
+    keras = by_cell(rows, "time_to_target")["keras-fit-fp32-b4-32px-cpu"]
+    assert keras["status"] == "ok", keras.get("error")
+    assert keras["role"] == "anchor-keras-fit" and keras["production_config"] is None
+    for key in ("target_metric", "target_accuracy", "val_images", "seed", "global_batch"):
+        assert keras[key] == ours[key], key
+    for key in ("image_size", "batch_size", "epochs", "lr_schedule", "warmup_epochs",
+                "lr_schedule_shape", "batch_norm_momentum", "zero_init_residual", "val_fraction",
+                "crop_area_min", "checkpoint_url"):
+        assert keras["config"][key] == ours["config"][key], key
+    assert keras["config"]["variant"] == "keras" and ours["config"]["variant"] == "slim"
+    assert keras["start_weights"].startswith("scratch (Keras' own initialisers")
+    assert keras["reached"] and keras["stop_reason"] == "target reached"  # 5%: see above
+    assert 0 < keras["seconds_to_target_from_first_step"] < \
+        keras["seconds_to_target_from_process_start"]
+    # held-out accuracy evaluated every epoch, its time counted in the clock and on its own
+    assert keras["accuracy_curve"][0][2] is not None and keras["eval_seconds"] > 0
+    assert 0 < keras["eval_seconds_to_target"] < keras["seconds_to_target_from_first_step"]
+    # the rate Keras' optimizer used at every step is the one our trainer used (warm-up included)
+    def rates(run):
+        lines = (folder / "cells" / f"ttt-{run}" / "metrics.jsonl").read_text().splitlines()
+        return [row["learning_rate"] for row in map(json.loads, lines) if row["kind"] == "step"]
+
+    ours_rates, keras_rates = rates(ours["cell"]), rates(keras["cell"])
+    assert len(keras_rates) >= 2 and len(set(keras_rates)) > 1  # the warm-up ramps
+    shared = min(len(ours_rates), len(keras_rates))
+    assert keras_rates[:shared] == pytest.approx(ours_rates[:shared], rel=1e-6)  # fp32 rates
+    text = (folder / "report.md").read_text()
+    assert "Keras' time over ours: " in text
+    assert "training accuracy (train_accuracy over each epoch's batches; seed 0" in text
 
 
 @pytest.mark.e2e
@@ -321,6 +361,31 @@ def test_the_error_message_is_the_trainers_line_or_the_tracebacks_last(tmp_path)
     log.write_text("configuration: ...\nflowers_tl.train: error: 24 training images are less "
                    "than one global batch of 64\n")
     assert error_message(log).endswith("less than one global batch of 64")
+    log.write_text("keras fit: ...\nbench.keras_fit: error: cannot load x (TF-slim checkpoint, V2) "
+                   "into keras.applications.ResNet50: 320 problem(s)\nI0000 chatter\n")
+    assert error_message(log).startswith("bench.keras_fit: error: cannot load x")
     log.write_text("Traceback (most recent call last):\n  File x\nMemoryError: out of memory\n"
                    "I0000 some TensorFlow chatter\n")
     assert error_message(log) == "MemoryError: out of memory"
+
+
+def test_the_keras_run_to_the_target_takes_the_defaults_resolved_recipe():
+    from flowers_tl.presets import PRESETS
+
+    default = config_lib.resolve({"checkpoint_url": "none", "epochs": 8}, gpus_available=0)
+    settings = sweep.keras_time_to_target_settings(default, PRESETS["cpu"], "/abs/data", "none",
+                                                   "scratch")
+    resolved = config_lib.flat_dict(default)
+    for key in ("lr_schedule", "lr_schedule_shape", "warmup_epochs", "epochs", "batch_size",
+                "image_size", "batch_norm_momentum", "zero_init_residual", "crop_area_min",
+                "target_metric", "target_accuracy", "val_fraction", "seed", "momentum"):
+        assert settings[key] == resolved[key], key  # as adapted for the run, not the raw knobs
+    assert settings["variant"] == "keras" and settings["stop_at_target"] and not settings["export"]
+    assert settings["data_url"] == "/abs/data" and settings["checkpoint_origin"] == "scratch"
+    assert sweep.keras_cell(settings).name == (f"keras-fit-fp32-b{default.train.batch_size}-"
+                                               f"{default.reader.image_size}px-cpu")
+    assert sweep.our_start_weights(default, None) == "scratch (residual branches' last BN gamma 0)"
+    built_in = config_lib.resolve({}, gpus_available=0)
+    assert sweep.our_start_weights(built_in, "/cache/source/checkpoints") == (
+        "the built-in source checkpoint (variant slim, /cache/source/checkpoints), global_step "
+        "and the logits excluded")

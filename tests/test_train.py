@@ -288,3 +288,20 @@ def test_reader_cache_folder_serves_training_and_evaluation_and_the_next_run(tin
         report = json.load(handle)["input"]
     assert report["images_decoded"] == 0 and report["cache"]["kind"] == "file"
     assert report["cache"]["reused"] and report["cache"]["images_from_cache"] >= 3 * 8  # + prefetch
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_a_header_warning(monkeypatch):
+    from flowers_tl import config as config_lib
+    from flowers_tl import env
+    from flowers_tl.train import run_warnings
+
+    avx2 = {"sse4_2": True, "avx": True, "avx2": True, "avx512_bf16": False, "amx_bf16": False}
+    monkeypatch.setattr(env, "cpu_features", lambda: avx2)
+    bf16 = config_lib.resolve({"precision": "bf16", "target_metric": "train"}, gpus_available=0)
+    assert bf16.model.precision == "bf16"  # a warning, not another default
+    (line,) = run_warnings(bf16, 0)
+    assert line.startswith("precision: bf16 on a CPU without AVX512-BF16 or AMX-BF16: no bf16 "
+                           "arithmetic units") and "\n" not in line
+    assert run_warnings(config_lib.with_overrides(bf16, {"precision": "fp32"}), 0) == []
+    monkeypatch.setattr(env, "cpu_features", lambda: dict(avx2, amx_bf16=True))
+    assert run_warnings(bf16, 0) == []
