@@ -15,7 +15,10 @@ MomentumSGD is TF1's `tf.train.MomentumOptimizer`, the optimizer of the TF-slim 
 this project reproduces: `accum = momentum * accum + grad; var -= lr * accum`. Keras' SGD keeps
 `velocity = momentum * velocity - lr * grad` instead, which is the same trajectory only while
 the learning rate is constant; after a piecewise drop the two differ, so we keep TF1's form.
-Its update rule is written once, in `MomentumSGD.rule`.
+Its update rule is written once, in `MomentumSGD.rule`; a per-variable learning-rate multiplier
+(the new classifier's, --classifier_lr_multiplier) scales the rate handed to it.
+`WeightAverage` (--ema_decay) keeps an exponential moving average of the weights, updated in
+the step after every applied update.
 """
 from __future__ import annotations
 
@@ -116,6 +119,8 @@ class MomentumSGD(tf.Module):
                              f"{variable.shape}): MomentumSGD keys its slots by variable name")
         return slot
 
+    # Plain Python (no tensor-dependent control flow): not for AutoGraph to convert.
+    @tf.autograph.experimental.do_not_convert
     def learning_rate_for(self, variable: tf.Variable):
         """This variable's learning rate: the optimizer's, times its multiplier if it has one
         (the variable itself otherwise, so a run without multipliers has the same graph)."""
@@ -205,6 +210,7 @@ class WeightAverage(tf.Module):
             shadow.assign(model.variables_by_name[name].read_value())
         self.updates.assign(0)
 
+    @tf.autograph.experimental.do_not_convert  # no tensor-dependent control flow
     def update(self, model, apply=True) -> None:
         """One update from the model's current values; none where `apply` is False (a skipped,
         non-finite step). Cross-replica context (or no strategy)."""
