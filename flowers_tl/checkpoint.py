@@ -27,6 +27,7 @@ from flowers_tl.config import parse_exclude_patterns  # the one home of the rule
 
 OWN_PREFIX = "variables_by_name/"  # the model's dict of variables, in tf.train.Checkpoint paths
 OBJECT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+AVERAGE_PREFIX = "ema/shadows/"  # the weight average's shadows (flowers_tl.step.WeightAverage)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def _resolve_tf_path(path: str) -> str:
     return path if os.path.dirname(path) else os.path.join(".", path)
 
 
-def _read_tf_checkpoint(path: str) -> tuple[str, dict[str, np.ndarray], str]:
+def _read_tf_checkpoint(path: str, moving_average: bool = False
+                        ) -> tuple[str, dict[str, np.ndarray], str]:
     resolved = _resolve_tf_path(path)
     try:
         reader = tf.train.load_checkpoint(resolved)
@@ -89,13 +91,21 @@ def _read_tf_checkpoint(path: str) -> tuple[str, dict[str, np.ndarray], str]:
     if "_CHECKPOINTABLE_OBJECT_GRAPH" in shapes:
         # Ours: model/variables_by_name/<escaped name>/.ATTRIBUTES/VARIABLE_VALUE. Optimizer
         # slots, counters and the like are not model weights and are left out.
+        # With moving_average: ema/shadows/<escaped name>/... instead, the weight average.
         tensors = {}
+        prefix = AVERAGE_PREFIX if moving_average else OWN_PREFIX
         for key in shapes:
-            at = key.find(OWN_PREFIX)
+            at = key.find(prefix)
             if at >= 0 and key.endswith(OBJECT_SUFFIX) and "/.OPTIMIZER_SLOT/" not in key:
-                name = _unescape_object_path(key[at + len(OWN_PREFIX): -len(OBJECT_SUFFIX)])
+                name = _unescape_object_path(key[at + len(prefix): -len(OBJECT_SUFFIX)])
                 tensors[name] = reader.get_tensor(key)
-        return resolved, tensors, "flowers_tl checkpoint"
+        if moving_average and not tensors:
+            raise ValueError(f"{resolved}: no weight average in this checkpoint (the run had "
+                             "no --ema_decay)")
+        return resolved, tensors, "flowers_tl checkpoint" + (
+            ", weight average" if moving_average else "")
+    if moving_average:
+        raise ValueError(f"{resolved}: not a flowers_tl checkpoint, it has no weight average")
     tensors = {name: reader.get_tensor(name) for name in shapes}
     single_file = os.path.isfile(resolved)
     return resolved, tensors, "TF-slim checkpoint, V1 single file" if single_file else \
@@ -129,20 +139,34 @@ def _read_keras_h5(path: str) -> tuple[str, dict[str, np.ndarray], str]:
     raise ValueError(f"{path}: not a Keras weights file (no layer_names and no layers group)")
 
 
-def read_weights(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray], str]:
-    """(resolved path, {checkpoint name: array}, format description) for any supported file."""
+def read_weights(path: str | os.PathLike, moving_average: bool = False
+                 ) -> tuple[str, dict[str, np.ndarray], str]:
+    """(resolved path, {checkpoint name: array}, format description) for any supported file;
+    moving_average: the weight average of one of our checkpoints (--ema_decay) instead."""
     path = os.fspath(path)
     if path.endswith(".h5"):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such Keras weights file: {path}")
+        if moving_average:
+            raise ValueError(f"{path}: a Keras weights file has no weight average")
         return _read_keras_h5(path)
-    return _read_tf_checkpoint(path)
+    return _read_tf_checkpoint(path, moving_average)
+
+
+def excluded_names(model, exclude_patterns: str | Iterable[str]) -> list[str]:
+    """The model's variables that these exclude patterns match (searched in each name): the
+    ones a restore leaves at their initial values, i.e. the new classifier by default."""
+    compiled = [re.compile(pattern) for pattern in parse_exclude_patterns(exclude_patterns)]
+    return [name for name in model.variables_by_name
+            if any(pattern.search(name) for pattern in compiled)]
 
 
 def restore_pretrained(model, path: str | os.PathLike,
-                       exclude_patterns: str | Iterable[str] | None = None) -> RestoreReport:
+                       exclude_patterns: str | Iterable[str] | None = None,
+                       moving_average: bool = False) -> RestoreReport:
     """Sets the model's variables from a TF-slim / Keras / flowers_tl checkpoint (see module
-    docstring). exclude_patterns=None means ("global_step", the model's logits pattern)."""
+    docstring). exclude_patterns=None means ("global_step", the model's logits pattern);
+    moving_average: from a flowers_tl checkpoint's weight average (--ema_decay)."""
     if exclude_patterns is None:
         exclude_patterns = ("global_step", model.meta.logits_pattern)
     patterns = parse_exclude_patterns(exclude_patterns)
@@ -151,7 +175,7 @@ def restore_pretrained(model, path: str | os.PathLike,
     def is_excluded(name: str) -> bool:
         return any(pattern.search(name) for pattern in compiled)
 
-    resolved, tensors, source_format = read_weights(path)
+    resolved, tensors, source_format = read_weights(path, moving_average)
     problems, loaded, excluded, assignments = [], [], [], []
     for name, variable in model.variables_by_name.items():
         if is_excluded(name):

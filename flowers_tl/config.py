@@ -32,6 +32,7 @@ INPUTS = ("cxx", "cxx-cache", "tfdata", "synthetic")
 TARGET_METRICS = ("train", "val")
 SCHEDULE_SHAPES = ("step", "cosine", "linear")
 FROM_SCRATCH = "none"  # --checkpoint_url none: no pretrained weights
+PROGRESSIVE_STEP = 16  # px between the sizes of progressive resizing: few sizes, few retraces
 MIN_IMAGE_SIZE = 32  # five stride-2 stages leave 1x1 at 32 px
 MAX_IMAGE_SIZE = 1024  # a 1024 px ResNet-50 step already needs ~20x the memory of 224 px
 
@@ -58,7 +59,8 @@ class ReaderConfig:
     input: str = knob("cxx", f"input pipeline: one of {INPUTS} (cxx-cache: the C++ reader "
                              "with --reader_cache memory unless a folder is given; synthetic: "
                              "in-memory random tensors, the step alone)")
-    image_size: int = knob(224, "square training and evaluation size in pixels")
+    image_size: int = knob(224, "square training and evaluation size in pixels (see "
+                                "--progressive_min_size, --eval_image_size)")
     reader_threads: int | None = knob(None, "decode threads; none: every core this process may use")
     crop_area_min: float = knob(0.08, "random-resized-crop area range is [crop_area_min, 1]")
     reader_cache: str | None = knob(None, "decoded-image cache of the C++ reader: none, memory, "
@@ -66,6 +68,20 @@ class ReaderConfig:
                                           "folder also serves the held-out evaluation)")
     cache_short_side: int | None = knob(None, "cache: cap on each image's shorter side in px; "
                                               "none: 1.25 x the eval resize (320 for 224)")
+    progressive_min_size: int | None = knob(None, "progressive resizing: training starts at this "
+                                                  "size and rises by epoch in steps of "
+                                                  f"{PROGRESSIVE_STEP} px to --image_size; none: "
+                                                  "off")
+    progressive_until: float = knob(0.75, "progressive resizing: fraction of the epochs after "
+                                          "which training runs at --image_size (at the latest "
+                                          "the last epoch)")
+    eval_image_size: int | None = knob(None, "held-out evaluation and export size (FixRes: "
+                                             "above --image_size); none: --image_size")
+
+    @property
+    def eval_size(self) -> int:
+        """The held-out evaluation and export size: --eval_image_size, else --image_size."""
+        return self.eval_image_size or self.image_size
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,12 @@ class TrainConfig:
     lr_reference_batch: int | None = knob(None, "global batch the schedule's rates are for "
                                                 "(linear scaling); none: 64, the recipe's")
     label_smoothing: float = knob(0.0, "targets (1 - s) on the label, s spread over all classes")
+    classifier_lr_multiplier: float = knob(1.0, "learning rate x this for the new classifier (the "
+                                                "variables --checkpoint_exclude_patterns names: "
+                                                "the logits layer), also from scratch")
+    ema_decay: float | None = knob(None, "evaluate and export an exponential moving average of "
+                                         "the weights with this decay (e.g. 0.999; warmed up as "
+                                         "TF's num_updates); none or 0: off")
     warmup_epochs: float = knob(0, "learning rate ramps linearly from 0 over these epochs")
     momentum: float = knob(0.9, "TF1 MomentumOptimizer momentum")
     loss_scale: str | None = knob(None, "fp16 only: a number such as 1024, or dynamic (fp16's "
@@ -359,6 +381,23 @@ def learning_rate_at(schedule: list[tuple[float, float]], epoch: float) -> float
     return schedule[-1][1]
 
 
+def image_size_at_epoch(reader: ReaderConfig, epochs: float, epoch: int) -> int:
+    """Training image size in epoch `epoch` (0-based) of a run of `epochs` epochs: --image_size,
+    or with --progressive_min_size m a staircase rising linearly by epoch from m in steps of
+    PROGRESSIVE_STEP px, with --image_size itself from epoch F = ceil(progressive_until x
+    epochs) on (at the latest the last epoch): size = min(S, m + 16 floor((S - m) e / F / 16))
+    before F. (FFCV's ResNet-50 ramp, by epoch; fast.ai's DAWNBench runs used stepped sizes.)"""
+    low, size = reader.progressive_min_size, reader.image_size
+    if low is None:
+        return size
+    last = max(0, math.ceil(epochs) - 1)
+    full = min(math.ceil(reader.progressive_until * epochs - 1e-9), last)
+    if epoch >= full:
+        return size
+    steps = math.floor((size - low) * epoch / full / PROGRESSIVE_STEP)
+    return min(size, low + PROGRESSIVE_STEP * steps)
+
+
 def check_model(model: ModelConfig, gpus: int) -> None:
     """The model section's rules (also what flowers_tl.model.ResNet50 checks on its own)."""
     def fail(message: str):
@@ -418,12 +457,27 @@ def check(config: RunConfig, gpus_available: int) -> None:
         fail(f"--momentum {train.momentum}: must be in [0, 1)")
     if not 0 < reader.crop_area_min <= 1:
         fail(f"--crop_area_min {reader.crop_area_min}: must be in (0, 1]")
+    if reader.progressive_min_size is not None and not \
+            MIN_IMAGE_SIZE <= reader.progressive_min_size < reader.image_size:
+        fail(f"--progressive_min_size {reader.progressive_min_size}: must be at least "
+             f"{MIN_IMAGE_SIZE} px and below --image_size {reader.image_size}")
+    if not 0 < reader.progressive_until <= 1:
+        fail(f"--progressive_until {reader.progressive_until}: must be in (0, 1]")
+    if reader.eval_image_size is not None and not \
+            MIN_IMAGE_SIZE <= reader.eval_image_size <= MAX_IMAGE_SIZE:
+        fail(f"--eval_image_size {reader.eval_image_size}: ResNet-50 needs {MIN_IMAGE_SIZE} to "
+             f"{MAX_IMAGE_SIZE} px")
     if not 0 < train.target_accuracy <= 1:
         fail(f"--target_accuracy {train.target_accuracy}: must be in (0, 1]")
     if train.eval_every_epochs < 1:
         fail(f"--eval_every_epochs {train.eval_every_epochs}: must be >= 1")
     if not 0 <= train.label_smoothing < 1:
         fail(f"--label_smoothing {train.label_smoothing}: must be in [0, 1)")
+    if not 0 < train.classifier_lr_multiplier < float("inf"):
+        fail(f"--classifier_lr_multiplier {train.classifier_lr_multiplier}: must be a finite "
+             "number > 0")
+    if train.ema_decay is not None and not 0 <= train.ema_decay < 1:
+        fail(f"--ema_decay {train.ema_decay}: must be in [0, 1) (none or 0: off)")
     if train.lr_schedule_shape not in SCHEDULE_SHAPES:
         fail(f"--lr_schedule_shape {train.lr_schedule_shape}: one of {SCHEDULE_SHAPES}")
     if train.lr_reference_batch is not None and train.lr_reference_batch < 1:

@@ -13,14 +13,15 @@ def evaluate(predict, files, labels, config: config_lib.RunConfig,
              bad_files: dict | None = None) -> float | None:
     """Accuracy over the files that decode (None if none does); the reader's skipped files
     and reasons go into bad_files. An evaluation batch whose files are all bad is skipped and
-    reported, not fatal."""
+    reported, not fatal. Batches come at the evaluation size (--eval_image_size, else
+    --image_size)."""
     from flowers_tl.reader import Reader
     correct = counted = 0
     # A cache folder serves every evaluation after the first; a memory cache would be filled
     # again by each (every evaluation opens a new reader), which costs more than streaming.
     cache = config.reader.reader_cache if config.reader.reader_cache != "memory" else None
     with Reader(files, labels, batch_size=config.train.batch_size,
-                image_size=config.reader.image_size, training=False,
+                image_size=config.reader.eval_size, training=False,
                 num_threads=config.reader.reader_threads, num_epochs=1,
                 fill_bad_slots=False, cache=cache,
                 cache_short_side=config.reader.cache_short_side if cache else None) as reader:

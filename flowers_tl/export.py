@@ -398,7 +398,8 @@ def _verify_in_this_process(saved_dir: str, expected_path: str) -> None:
 # ---------------------------------------------------------------------------- train_url, CLI
 def export_from_train_url(train_url: str, verify: bool = True) -> str:
     """Restores the latest checkpoint of a training run into the serving layout and exports it
-    into <train_url>/export/. Returns the version folder written."""
+    into <train_url>/export/, as the run's own export does: its weight average if it had one
+    (--ema_decay), at its evaluation size (--eval_image_size). Returns the version folder."""
     config_path = os.path.join(train_url, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"no config.json in {train_url} (expected {config_path})")
@@ -422,10 +423,15 @@ def export_from_train_url(train_url: str, verify: bool = True) -> str:
     num_classes = int(config.get("num_classes", len(config["class_names"])))
     model = ResNet50(dataclasses.replace(ModelConfig(**config["model"]), **SERVING_CONFIG),
                      num_classes)
-    report = restore_pretrained(model, checkpoint_dir, exclude_patterns=())
+    # A run with --ema_decay evaluated and exported its weight average: so does this.
+    averaged = bool(config.get("config", {}).get("train", {}).get("ema_decay"))
+    report = restore_pretrained(model, checkpoint_dir, exclude_patterns=(),
+                                moving_average=averaged)
     print(report.summary(), file=sys.stderr)
+    # The evaluation size (--eval_image_size; runs before it recorded only image_size).
+    size = int(config.get("eval_image_size") or config["image_size"])
     return export_saved_model(model, os.path.join(train_url, "export"), config["class_names"],
-                              int(config["image_size"]), verify=verify)
+                              size, verify=verify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

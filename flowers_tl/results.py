@@ -15,7 +15,9 @@ Per-step rows: the contract between the trainer (writes them to metrics.jsonl) a
      "images": int,                images this step consumed, all replicas together
      "data_wait_seconds": float,   part of step_seconds spent waiting for the input pipeline
                                    (null where unknown: the Keras-fit anchor)
-     "warmup": bool,               true for the steps excluded from throughput
+     "warmup": bool,               true for the steps excluded from throughput (the trainer's
+                                   first --warmup_steps, and again after each new image size)
+     "image_size": int,            optional (the trainer writes it): the batch's side in px
      "loss": float, "accuracy": float, "learning_rate": float,
      "time": float}                seconds since the process started, when the step ended
 
@@ -42,6 +44,7 @@ STEP_ROW_FIELDS: dict[str, type | tuple[type, ...]] = {
     "data_wait_seconds": (int, float, type(None)), "warmup": bool, "loss": (int, float),
     "accuracy": (int, float), "learning_rate": (int, float), "time": (int, float),
 }
+OPTIONAL_STEP_ROW_FIELDS: dict[str, type] = {"image_size": int}
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom; beyond, the Cornish-Fisher series
 # below agrees with the exact quantile to 1e-7 (no scipy at run time).
@@ -92,6 +95,11 @@ def check_step_row(row: dict[str, Any]) -> None:
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ValueError(f"step row {row.get('step', '?')}: field {name!r} is {value!r}, "
                              f"expected {getattr(kind, '__name__', kind)}")
+    for name, kind in OPTIONAL_STEP_ROW_FIELDS.items():
+        value = row.get(name)
+        if name in row and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ValueError(f"step row {row.get('step', '?')}: field {name!r} is {value!r}, "
+                             f"expected {kind.__name__}")
 
 
 # ------------------------------------------------------------------------------ statistics

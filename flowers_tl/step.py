@@ -15,7 +15,10 @@ MomentumSGD is TF1's `tf.train.MomentumOptimizer`, the optimizer of the TF-slim 
 this project reproduces: `accum = momentum * accum + grad; var -= lr * accum`. Keras' SGD keeps
 `velocity = momentum * velocity - lr * grad` instead, which is the same trajectory only while
 the learning rate is constant; after a piecewise drop the two differ, so we keep TF1's form.
-Its update rule is written once, in `MomentumSGD.rule`.
+Its update rule is written once, in `MomentumSGD.rule`; a per-variable learning-rate multiplier
+(the new classifier's, --classifier_lr_multiplier) scales the rate handed to it.
+`WeightAverage` (--ema_decay) keeps an exponential moving average of the weights, updated in
+the step after every applied update.
 """
 from __future__ import annotations
 
@@ -77,12 +80,20 @@ class MomentumSGD(tf.Module):
     variable, `slots["<variable name>"]`, itself named "<variable name>/Momentum" as in TF1
     checkpoints. Slots are keyed by variable name, so the variables must have distinct names."""
 
-    def __init__(self, learning_rate: float, momentum: float = 0.9, name: str = "momentum_sgd"):
+    def __init__(self, learning_rate: float, momentum: float = 0.9, name: str = "momentum_sgd",
+                 learning_rate_multipliers: dict[str, float] | None = None):
         super().__init__(name=name)
         if learning_rate < 0 or not 0.0 <= momentum < 1.0:
             raise ValueError(f"need learning_rate >= 0 and 0 <= momentum < 1, "
                              f"got {learning_rate}, {momentum}")
         self.momentum = float(momentum)  # fixed for a run: a Python float is folded into the graph
+        # {variable name: factor} on the learning rate (--classifier_lr_multiplier); fixed for
+        # a run like the momentum, so not checkpointed state.
+        self.learning_rate_multipliers = {name: float(factor) for name, factor in
+                                          (learning_rate_multipliers or {}).items()}
+        if any(not 0 < factor < float("inf") for factor in self.learning_rate_multipliers.values()):
+            raise ValueError(f"learning rate multipliers must be finite and > 0, got "
+                             f"{self.learning_rate_multipliers}")
         with tf.init_scope():
             # A variable, not a float: a schedule assigns it and the compiled step reads it.
             self.learning_rate = tf.Variable(float(learning_rate), trainable=False,
@@ -108,6 +119,14 @@ class MomentumSGD(tf.Module):
                              f"{variable.shape}): MomentumSGD keys its slots by variable name")
         return slot
 
+    # Plain Python (no tensor-dependent control flow): not for AutoGraph to convert.
+    @tf.autograph.experimental.do_not_convert
+    def learning_rate_for(self, variable: tf.Variable):
+        """This variable's learning rate: the optimizer's, times its multiplier if it has one
+        (the variable itself otherwise, so a run without multipliers has the same graph)."""
+        factor = self.learning_rate_multipliers.get(_base_name(variable), 1.0)
+        return self.learning_rate if factor == 1.0 else self.learning_rate * factor
+
     def rule(self, variable, accumulator, grad, learning_rate, apply=True) -> None:
         """The update, the only place it is written: accum = m * accum + grad; var -= lr *
         accum. Where `apply` is False (a non-finite step) both stay as they are. Called on each
@@ -128,7 +147,7 @@ class MomentumSGD(tf.Module):
             raise ValueError("variables with the same name: MomentumSGD keys its slots by name")
         for grad, var in pairs:
             self.rule(var, self._slot(var), tf.convert_to_tensor(grad, var.dtype),
-                      self.learning_rate)
+                      self.learning_rate_for(var))
         self.iterations.assign_add(1)
 
 
@@ -157,11 +176,63 @@ class LossScale(tf.Module):
         self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
 
 
+# ------------------------------------------------------------------------------ weight average
+class WeightAverage(tf.Module):
+    """An exponential moving average of every model variable (--ema_decay), for evaluation and
+    export: TF's tf.train.ExponentialMovingAverage with num_updates, written out. At the n-th
+    update (n = 0, 1, ...; counted in `updates`, checkpointed with the shadows):
+
+        decay_n = min(decay, (1 + n) / (10 + n));  shadow -= (1 - decay_n) * (shadow - variable)
+
+    The warm-up (decay_n small at first) lets the average forget its start within ~10 / (1 -
+    decay) steps instead of carrying it through a short run. The batch-norm moving statistics
+    are averaged too (as timm's ModelEmaV2 and TF's EfficientNet do): the averaged weights are
+    evaluated with statistics that age like them. Shadows are named "<variable>/
+    ExponentialMovingAverage", TF's convention, and created in the strategy's scope (mirrored);
+    `update` runs in cross-replica context, where a per-replica batch-norm statistic reads as
+    its mean over the replicas, so every device keeps the same shadows."""
+
+    def __init__(self, model, decay: float, name: str = "ema"):
+        super().__init__(name=name)
+        if not 0 < decay < 1:
+            raise ValueError(f"need 0 < decay < 1, got {decay}")
+        self.decay = float(decay)
+        with tf.init_scope():
+            self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
+            self.shadows = {
+                name: tf.Variable(variable.read_value(), trainable=False,
+                                  name=f"{name}/ExponentialMovingAverage")
+                for name, variable in model.variables_by_name.items()}
+
+    def reset(self, model) -> None:
+        """Shadows = the model's values, no updates yet (after loading pretrained weights)."""
+        for name, shadow in self.shadows.items():
+            shadow.assign(model.variables_by_name[name].read_value())
+        self.updates.assign(0)
+
+    @tf.autograph.experimental.do_not_convert  # no tensor-dependent control flow
+    def update(self, model, apply=True) -> None:
+        """One update from the model's current values; none where `apply` is False (a skipped,
+        non-finite step). Cross-replica context (or no strategy)."""
+        count = tf.cast(self.updates, tf.float64)
+        decay = tf.cast(tf.minimum(tf.constant(self.decay, tf.float64),
+                                   (1.0 + count) / (10.0 + count)), tf.float32)
+        for name, shadow in self.shadows.items():
+            value = tf.convert_to_tensor(model.variables_by_name[name])  # replicas' mean
+            shadow.assign(tf.where(apply, shadow - (1.0 - decay) * (shadow - value), shadow))
+        self.updates.assign_add(tf.cast(apply, tf.int64))
+
+    def copy_to(self, model) -> None:
+        """The model's variables = the shadows (a separate evaluation copy of the network)."""
+        for name, variable in model.variables_by_name.items():
+            variable.assign(self.shadows[name].read_value())
+
+
 # ------------------------------------------------------------------------------------ the step
 def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strategy | None = None,
                     global_batch_size: int | None = None, loss_scale: LossScale | None = None,
-                    jit_compile: bool | None = None, label_smoothing: float = 0.0
-                    ) -> Callable[..., dict]:
+                    jit_compile: bool | None = None, label_smoothing: float = 0.0,
+                    weight_average: WeightAverage | None = None) -> Callable[..., dict]:
     """`step(images, labels) -> {"loss", "cross_entropy", "accuracy", "finite"}` (fp32 scalars
     summed over replicas; accuracy of the batch before the update).
 
@@ -171,6 +242,8 @@ def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strat
     by MomentumSGD.rule. A step with non-finite gradients changes nothing but the loss scale
     (dynamic) and says so in "finite". loss = mean cross-entropy + the model's weight decay;
     with `label_smoothing` s the target puts 1 - s on the label and s / classes everywhere.
+    Each variable's learning rate is MomentumSGD.learning_rate_for's (the classifier's
+    multiplier); with `weight_average` its shadows are updated after every applied update.
     images/labels: per-replica values (distribute_batch), or plain tensors on one device.
     Without a strategy: the default one (one device); global_batch_size defaults to the
     batch's size times the replicas."""
@@ -182,6 +255,10 @@ def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strat
         raise ValueError(f"model config says xla={model.config.xla} but jit_compile={jit_compile}")
     variables = list(model.trainable_variables)  # fixed order for the whole run
     slots = optimizer.build(variables)  # no variable creation inside the traced function
+    unknown = set(optimizer.learning_rate_multipliers) - {_base_name(v) for v in variables}
+    if unknown:
+        raise ValueError(f"learning rate multipliers for variables the model does not train: "
+                         f"{sorted(unknown)}")
     num_replicas = strategy.num_replicas_in_sync
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
@@ -214,11 +291,14 @@ def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strat
             summed = [g / loss_scale.scale for g in summed]
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in summed])
         for grad, variable, slot in zip(summed, variables, slots):
-            # Mirrored values in args arrive as each device's own component.
+            # Mirrored values in args arrive as each device's own component; a multiplied rate
+            # is read here, in the step, so the schedule's assignments reach it.
             distribution.extended.update(
-                variable, optimizer.rule, args=(slot, grad, optimizer.learning_rate, finite),
-                group=False)
+                variable, optimizer.rule,
+                args=(slot, grad, optimizer.learning_rate_for(variable), finite), group=False)
         optimizer.iterations.assign_add(tf.cast(finite, tf.int64))
+        if weight_average is not None:
+            weight_average.update(model, finite)
         if loss_scale is not None:
             loss_scale.update(finite)
         return finite

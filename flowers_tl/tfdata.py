@@ -51,8 +51,12 @@ def make_dataset(
     drop_remainder: bool = False,
     repeat: bool = True,
     cache_short_side: int | None = None,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """Batches of (uint8 [B, image_size, image_size, 3], int32 [B]) from JPEG files.
+
+    start_batch (training): the stream starts at this batch, the one it would have reached
+    (skipped before decoding, so a resume or a new size phase costs nothing).
 
     num_threads=None lets tf.data autotune its parallelism (and use the global thread pools);
     an integer pins everything to exactly that many worker threads.
@@ -66,6 +70,8 @@ def make_dataset(
         raise ValueError(f"batch_size={batch_size} and image_size={image_size} must be >= 1")
     if num_threads is not None and num_threads < 1:
         raise ValueError(f"num_threads={num_threads} must be >= 1 (or None to autotune)")
+    if start_batch < 0 or (start_batch and not training):
+        raise ValueError(f"start_batch={start_batch}: must be >= 0, and only when training")
 
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.constant(list(files), tf.string), tf.constant(list(labels), tf.int32))
@@ -87,6 +93,8 @@ def make_dataset(
         # whatever order the parallel map finishes in.
         dataset = dataset.enumerate()
         example = _train_example if cache_short_side is None else _train_example_cached
+        if start_batch:  # uncached: file names and positions only, nothing read or decoded
+            dataset = dataset.skip(start_batch * batch_size)
         dataset = dataset.map(
             lambda index, pair: example(
                 pair[0], pair[1], index, seed, image_size, area_range, aspect_range

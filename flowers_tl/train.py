@@ -27,6 +27,7 @@ from flowers_tl import config as config_lib  # noqa: E402  (loads no TensorFlow)
 # The command line is checked before TensorFlow's import (seconds): a bad flag costs nothing.
 CLI_CONFIG = config_lib.resolve_or_exit(sys.argv[1:]) if __name__ == "__main__" else None
 
+import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -39,13 +40,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from flowers_tl.builtin import SourceNotReady, built_in_data  # noqa: E402
-from flowers_tl.checkpoint import restore_pretrained  # noqa: E402
+from flowers_tl.checkpoint import excluded_names, restore_pretrained  # noqa: E402
 from flowers_tl.data import list_folder, split  # noqa: E402
 from flowers_tl.evaluation import evaluate, split_warnings  # noqa: E402, F401
 from flowers_tl.model import ResNet50, get_model_meta  # noqa: E402
 from flowers_tl.results import throughput_from_step_rows  # noqa: E402
-from flowers_tl.step import (LossScale, MomentumSGD, distribute_batch, make_strategy,  # noqa: E402
-                             make_train_step, worker_index_and_count)
+from flowers_tl.step import (LossScale, MomentumSGD, WeightAverage, distribute_batch,  # noqa: E402
+                             make_strategy, make_train_step, worker_index_and_count)
 
 
 class TrainingStopped(RuntimeError):
@@ -53,11 +54,46 @@ class TrainingStopped(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------- input
+def size_phases(config: config_lib.RunConfig, steps_per_epoch: int) -> list[tuple[int, int]]:
+    """(first step, training image size) of each phase of the run: one phase at --image_size,
+    or with --progressive_min_size one per size of config.image_size_at_epoch's staircase."""
+    phases: list[tuple[int, int]] = []
+    for epoch in range(max(1, math.ceil(config.train.epochs))):
+        size = config_lib.image_size_at_epoch(config.reader, config.train.epochs, epoch)
+        if not phases or phases[-1][1] != size:
+            phases.append((epoch * steps_per_epoch, size))
+    return phases
+
+
 def make_input(config: config_lib.RunConfig, files, labels, local_batch: int, worker: int,
-               workers: int, start_batch: int, classes: int, report: dict | None = None):
-    """An endless iterator of (uint8 images [local_batch, S, S, 3], int32 labels). With the C++
-    reader, report["reader"] is set to it (for its bad-file summary)."""
-    size, reader = config.reader.image_size, config.reader
+               workers: int, start_batch: int, classes: int, report: dict | None = None,
+               phases: list[tuple[int, int]] | None = None):
+    """An endless iterator of (uint8 images [local_batch, S, S, 3], int32 labels): batch b at
+    the size of the phase holding b (`phases` from size_phases; default: --image_size
+    throughout). A new pipeline per phase starts at that phase's first batch, so the files,
+    crops and flips of batch b are those of one uninterrupted stream at any size (batch b of
+    the C++ reader and of tf.data depends only on (seed, b)). With the C++ reader,
+    report["reader"] is the current reader and report["summaries"] the finished phases'."""
+    phases = phases or [(0, config.reader.image_size)]
+    if report is not None:
+        report.setdefault("summaries", [])
+    for index, (first, size) in enumerate(phases):
+        end = phases[index + 1][0] if index + 1 < len(phases) else None
+        if end is not None and end <= start_batch:
+            continue
+        begin = max(first, start_batch)
+        stream = _phase_input(config, files, labels, local_batch, worker, workers, begin, size,
+                              classes, report)
+        if end is None:
+            yield from stream
+            return
+        yield from itertools.islice(stream, end - begin)
+        stream.close()  # the phase's reader stops here, its summary kept
+
+
+def _phase_input(config, files, labels, local_batch, worker, workers, start_batch, size,
+                 classes, report):
+    reader = config.reader
     area_range = (reader.crop_area_min, 1.0)
     if reader.input == "synthetic":  # in-memory random tensors: the step alone
         rng = np.random.default_rng(config.train.seed)
@@ -70,7 +106,7 @@ def make_input(config: config_lib.RunConfig, files, labels, local_batch: int, wo
         dataset = make_dataset(files[worker::workers], labels[worker::workers], local_batch, size,
                                training=True, num_threads=reader.reader_threads,
                                seed=config.train.seed + worker, drop_remainder=True,
-                               area_range=area_range)
+                               area_range=area_range, start_batch=start_batch)
         yield from dataset.as_numpy_iterator()
         return
     from flowers_tl.reader import Reader
@@ -82,25 +118,63 @@ def make_input(config: config_lib.RunConfig, files, labels, local_batch: int, wo
                 cache_short_side=reader.cache_short_side if cache else None) as stream:
         if report is not None:
             report["reader"] = stream
-        yield from stream
+        try:
+            for batch in stream:  # not `yield from`: closing this would close the reader first
+                yield batch
+        finally:
+            if report is not None:
+                report["summaries"].append(stream.summary())
+                report["reader"] = None
 
 
-def input_report(train_reader, val_bad_files: dict) -> dict:
-    """What the readers skipped, for result.json: counts, and paths with reasons; and the
-    training reader's decoded-image cache (how it was served, its fill time)."""
+def input_report(train_input: dict | None, val_bad_files: dict) -> dict:
+    """What the readers skipped, for result.json: counts, and paths with reasons. With several
+    phases (progressive resizing) the counts add up; bad files are counted once each, as far
+    as the readers' lists of the first ones name them. The decoded-image cache (how it was
+    served, its fill time) is the last phase's reader's."""
     report = {"images_decoded": None, "failed_reads": None, "bad_files": len(val_bad_files),
               "first_bad_files": [[path, reason] for path, reason in val_bad_files.items()],
               "cache": None}
-    if train_reader is not None:
-        stats = train_reader.summary()
-        report.update(cache={"kind": stats.cache, "reused": stats.cache_reused,
-                             "bytes": stats.cache_bytes, "fill_seconds": stats.cache_fill_seconds,
-                             "images_from_cache": stats.images_from_cache})
-        report.update(images_decoded=stats.images_decoded, failed_reads=stats.failed_reads,
-                      bad_files=stats.bad_files + len(val_bad_files),
-                      first_bad_files=[list(pair) for pair in stats.first_bad_files]
+    train_input = train_input or {}  # None: no training reader (synthetic input, a test)
+    summaries = list(train_input.get("summaries", []))
+    if train_input.get("reader") is not None:
+        summaries.append(train_input["reader"].summary())
+    if summaries:
+        last = summaries[-1]
+        report.update(cache={"kind": last.cache, "reused": last.cache_reused,
+                             "bytes": last.cache_bytes, "fill_seconds": last.cache_fill_seconds,
+                             "images_from_cache": sum(stats.images_from_cache
+                                                      for stats in summaries)})
+        bad = {}
+        for stats in summaries:
+            bad.update((path, reason) for path, reason in stats.first_bad_files
+                       if path not in bad)
+        report.update(images_decoded=sum(stats.images_decoded for stats in summaries),
+                      failed_reads=sum(stats.failed_reads for stats in summaries),
+                      bad_files=max([len(bad)] + [stats.bad_files for stats in summaries])
+                      + len(val_bad_files),
+                      first_bad_files=[list(pair) for pair in bad.items()]
                       + report["first_bad_files"])
     return report
+
+
+def lever_lines(config: config_lib.RunConfig, phases, classifier, weight_average) -> list[str]:
+    """What the recipe levers that are on do in this run, for the log."""
+    lines = []
+    if len(phases) > 1:
+        lines.append("progressive resizing: " + ", ".join(
+            f"{size} px from step {first}" for first, size in phases))
+    if config.reader.eval_size != config.reader.image_size:
+        lines.append(f"held-out evaluation and export at {config.reader.eval_size} px "
+                     f"(training at {config.reader.image_size} px)")
+    if config.train.classifier_lr_multiplier != 1.0:
+        lines.append(f"classifier learning rate x{config.train.classifier_lr_multiplier:g}: "
+                     + ", ".join(classifier))
+    if weight_average is not None:
+        lines.append(f"weight average: decay {weight_average.decay:g} (warm-up min(decay, "
+                     "(1 + n) / (10 + n)) at update n), batch-norm statistics averaged too; "
+                     "evaluation and export use it")
+    return lines
 
 
 # ------------------------------------------------------------------------------- checkpoint
@@ -116,13 +190,33 @@ def save_checkpoint(manager, step: int) -> None:
             f"earlier checkpoints are intact (latest: {manager.latest_checkpoint})") from None
 
 
-def restore_or_start(config, checkpoint, manager, model, checkpoint_url, global_step,
-                     loss_scale) -> list[str]:
+def exclude_patterns(config: config_lib.RunConfig) -> str:
+    """What a pretrained restore leaves out: --checkpoint_exclude_patterns, else global_step and
+    the logits layer. The model variables they match are the new classifier (whose rate
+    --classifier_lr_multiplier scales)."""
+    return config.run.checkpoint_exclude_patterns or \
+        f"global_step,{get_model_meta(config.model.variant).logits_pattern}"
+
+
+def restore_or_start(config, tracked, manager, model, checkpoint_url, global_step,
+                     loss_scale, weight_average=None) -> list[str]:
     """Resume from the run's own latest checkpoint, else load the pretrained weights (logits
-    and global_step excluded), else start from scratch. Lines saying which, for the log."""
+    and global_step excluded), else start from scratch. Lines saying which, for the log. The
+    weight average (--ema_decay) resumes with the run, or starts from the weights loaded."""
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        saved = {name for name, _ in tf.train.list_variables(manager.latest_checkpoint)}
+        averaged = any(name.startswith("ema/") for name in saved)
+        # `tracked`: what the checkpoint holds; the weight average only if it was saved (the run
+        # may have begun without --ema_decay)
+        restored = {name: value for name, value in tracked.items()
+                    if name != "ema" or averaged}
+        tf.train.Checkpoint(**restored).restore(
+            manager.latest_checkpoint).assert_existing_objects_matched()
         lines = [f"resumed from {manager.latest_checkpoint} at step {int(global_step.numpy())}"]
+        if weight_average is not None and not averaged:
+            weight_average.reset(model)
+            lines.append("weight average: the checkpoint has none (--ema_decay was off), it "
+                         "starts from the resumed weights")
         if loss_scale is not None and not loss_scale.dynamic:
             # A static scale is a setting, not state: the configuration's wins over the saved one.
             saved, wanted = float(loss_scale.scale.numpy()), float(config.train.loss_scale)
@@ -132,10 +226,12 @@ def restore_or_start(config, checkpoint, manager, model, checkpoint_url, global_
                              f"checkpoint's {saved:g}")
         return lines
     if checkpoint_url != config_lib.FROM_SCRATCH:
-        patterns = config.run.checkpoint_exclude_patterns or \
-            f"global_step,{get_model_meta(config.model.variant).logits_pattern}"
-        return [restore_pretrained(model, checkpoint_url, patterns).summary()]
-    return ["training from scratch (--checkpoint_url none)"]
+        lines = [restore_pretrained(model, checkpoint_url, exclude_patterns(config)).summary()]
+    else:
+        lines = ["training from scratch (--checkpoint_url none)"]
+    if weight_average is not None:
+        weight_average.reset(model)  # the average starts at the weights training starts from
+    return lines
 
 
 # ------------------------------------------------------------------------------------- loop
@@ -262,17 +358,33 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
     if train_cfg.max_steps is not None:
         total_steps = min(total_steps, train_cfg.max_steps)
     schedule = config_lib.parse_lr_schedule(train_cfg.lr_schedule)
+    phases = size_phases(config, steps_per_epoch)
     with strategy.scope():
         model = ResNet50(config.model, num_classes=classes, seed=train_cfg.seed)
+        classifier = [name for name in excluded_names(model, exclude_patterns(config))
+                      if model.variables_by_name[name].trainable]
+        multiplier = train_cfg.classifier_lr_multiplier
         optimizer = MomentumSGD(
             learning_rate_at_step(schedule, 0, steps_per_epoch, train_cfg.warmup_epochs,
                                   train_cfg.lr_schedule_shape),
-            momentum=train_cfg.momentum)
+            momentum=train_cfg.momentum,
+            learning_rate_multipliers={name: multiplier for name in classifier}
+            if multiplier != 1.0 else None)
         loss_scale = LossScale(train_cfg.loss_scale) if train_cfg.loss_scale else None
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        step_fn = make_train_step(model, optimizer, strategy, global_batch, loss_scale,
-                                  label_smoothing=train_cfg.label_smoothing)
-    predict = tf.function(lambda images: tf.argmax(model(images, training=False), -1,
+        weight_average = WeightAverage(model, train_cfg.ema_decay) if train_cfg.ema_decay \
+            else None
+
+        def build_step():  # one per training image size: each traces at its own fixed shape
+            return make_train_step(model, optimizer, strategy, global_batch, loss_scale,
+                                   label_smoothing=train_cfg.label_smoothing,
+                                   weight_average=weight_average)
+        step_fns = {size: build_step() for _, size in phases}
+
+    # ---- evaluation model: the trained one, or a copy that takes the weight average
+    eval_model = model if weight_average is None else \
+        ResNet50(config.model, num_classes=classes, seed=train_cfg.seed)
+    predict = tf.function(lambda images: tf.argmax(eval_model(images, training=False), -1,
                                                    output_type=tf.int32),
                           jit_compile=config.model.xla)
 
@@ -280,12 +392,15 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
     tracked = dict(model=model, optimizer=optimizer, global_step=global_step)
     if loss_scale is not None:
         tracked["loss_scale"] = loss_scale
+    if weight_average is not None:
+        tracked["ema"] = weight_average
     checkpoint = tf.train.Checkpoint(**tracked)
     checkpoint_dir = os.path.join(train_url, "checkpoints") if chief else \
         os.path.join(train_url, f".worker-{worker}-checkpoints")  # non-chiefs must save too
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
-    restore_lines = restore_or_start(config, checkpoint, manager, model, checkpoint_url,
-                                     global_step, loss_scale)
+    restore_lines = restore_or_start(config, tracked, manager, model, checkpoint_url,
+                                     global_step, loss_scale, weight_average)
+    restore_lines += lever_lines(config, phases, classifier, weight_average)
 
     # ---- announce
     resolved = config_lib.with_overrides(config, {"train_url": train_url})
@@ -295,6 +410,7 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
             json.dump({"config": config_lib.to_dict(resolved),
                        "model": config_lib.to_dict(resolved)["model"], "num_classes": classes,
                        "image_size": config.reader.image_size,
+                       "eval_image_size": config.reader.eval_size,
                        "class_names": list(dataset.class_names),
                        "data_url": os.path.abspath(data_url), "checkpoint_url": checkpoint_url,
                        "environment": describe_environment()}, handle, indent=2)
@@ -315,7 +431,9 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
     start_step = int(global_step.numpy())
     input_readers, val_bad_files = {}, {}
     batches = make_input(config, list(train_set.files), list(train_set.labels), local_batch,
-                         worker, workers, start_step, classes, report=input_readers)
+                         worker, workers, start_step, classes, report=input_readers,
+                         phases=phases)
+    size, size_start = None, start_step  # a new image size traces anew: warm-up again
     first_step_time = None
     last_save = time.time()
     step_rows = []
@@ -335,8 +453,12 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
                                   train_cfg.lr_schedule_shape))
         wait_start = time.perf_counter()
         images, labels = next(batches)
+        if images.shape[1] != size:
+            size_start = step if size is not None else start_step
+            size = int(images.shape[1])
         compute_start = time.perf_counter()
-        metrics = step_fn(*distribute_batch(strategy, images, labels, train_cfg.batch_size))
+        metrics = step_fns[size](*distribute_batch(strategy, images, labels,
+                                                   train_cfg.batch_size))
         finite = bool(metrics["finite"].numpy())
         loss = float(metrics["loss"].numpy())  # also waits for the step to finish
         end = time.perf_counter()
@@ -356,7 +478,8 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
         epoch_seen += global_batch
         row = {"kind": "step", "step": step, "step_seconds": end - wait_start,
                "images": global_batch, "data_wait_seconds": compute_start - wait_start,
-               "warmup": step - start_step <= run_cfg.warmup_steps, "loss": loss,
+               "warmup": step - size_start <= run_cfg.warmup_steps, "image_size": size,
+               "loss": loss,
                "accuracy": accuracy, "learning_rate": float(optimizer.learning_rate.numpy()),
                "epoch": round(step / steps_per_epoch, 3),
                "time": round(time.time() - PROCESS_START, 3)}
@@ -379,6 +502,8 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
             if len(val_set) and ((epoch + 1) % train_cfg.eval_every_epochs == 0 or
                                  step == total_steps):
                 eval_start = time.time()
+                if weight_average is not None:
+                    weight_average.copy_to(eval_model)
                 values["val"] = evaluate(predict, list(val_set.files), list(val_set.labels),
                                          config, val_bad_files)
                 eval_seconds += time.time() - eval_start
@@ -409,9 +534,11 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
             save_checkpoint(manager, step)
             last_save = time.time()
     save_checkpoint(manager, step)
-    return finish(config, resolved, train_url, model, dataset, step_rows, stop_reason, step,
+    if weight_average is not None:
+        weight_average.copy_to(eval_model)  # what the export takes
+    return finish(config, resolved, train_url, eval_model, dataset, step_rows, stop_reason, step,
                   total_steps, replicas, global_batch, best, len(val_set), target_event,
-                  input_report(input_readers.get("reader"), val_bad_files), eval_seconds, chief)
+                  input_report(input_readers, val_bad_files), eval_seconds, chief)
 
 
 def target_reached(log, train_cfg, metric, step, first_step_time, start_step, val_images,
@@ -458,7 +585,7 @@ def finish(config, resolved, train_url, model, dataset, step_rows, stop_reason, 
         from flowers_tl.export import ExportError, export_saved_model
         try:
             summary["export"] = export_saved_model(model, os.path.join(train_url, "export"),
-                                                   dataset.class_names, config.reader.image_size)
+                                                   dataset.class_names, config.reader.eval_size)
         except (OSError, ExportError) as error:
             raise TrainingStopped(
                 f"{error}; the checkpoint of step {step} is saved, export it with "
