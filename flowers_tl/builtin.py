@@ -43,6 +43,15 @@ def source_folder(config: config_lib.RunConfig) -> str:
                         f"{config.reader.image_size}px")
 
 
+def source_config(config: config_lib.RunConfig, source_data: str,
+                  folder: str) -> config_lib.RunConfig:
+    """The source task's configuration: the run's network, resolution, batch, arithmetic and
+    devices, with every recipe knob from preset builtin-source."""
+    return config_lib.with_overrides(config, {
+        **BUILTIN_SOURCE.overrides, "data_url": source_data, "train_url": folder,
+        "note": BUILTIN_SOURCE.summary})
+
+
 def source_checkpoint(config: config_lib.RunConfig) -> str:
     """Trains the same network from scratch on the source task, once per (variant, image
     size), and caches its checkpoint; a run interrupted half-way resumes next time."""
@@ -57,10 +66,7 @@ def source_checkpoint(config: config_lib.RunConfig) -> str:
                                         seed=1, class_offset=SOURCE_CLASS_OFFSET)
     print(f"[source] training the built-in source checkpoint once on {source_data} -> {folder} "
           f"(preset {BUILTIN_SOURCE.name}; cached for later runs)", flush=True)
-    source = config_lib.with_overrides(config, {
-        **BUILTIN_SOURCE.overrides, "data_url": source_data, "train_url": folder,
-        "note": BUILTIN_SOURCE.summary})
-    summary = train(source)
+    summary = train(source_config(config, source_data, folder))
     if summary["stop_reason"] != "finished":
         raise SourceNotReady(f"source checkpoint training {summary['stop_reason']}; rerun to "
                              "resume it")

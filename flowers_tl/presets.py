@@ -71,11 +71,17 @@ BUILTIN_SOURCE = Preset(
     generated classes trained from scratch once per (variant, image size) and cached, so the
     built-in run fine-tunes from a checkpoint with the logits excluded, as a user would from
     resnet_v1_50.ckpt. From scratch at batch 32 ResNet-50 needs zero-init residual branches,
-    a warm-up, BN momentum 0.9 and milder crops to learn at all.""",
-    overrides=dict(epochs=16, lr_schedule="12:0.04,16:0.004", warmup_epochs=2,
-                   zero_init_residual=True, crop_area_min=0.35, batch_norm_momentum=0.9,
-                   checkpoint_url="none", val_fraction=0.0, target_metric="train",
-                   stop_at_target=False, export=False, max_steps=None, per_class=None),
+    a warm-up, BN momentum 0.9 and milder crops to learn at all. Every recipe knob is pinned
+    here, so the cached source never depends on the run that happened to train it first (it
+    shares only the network, resolution, batch, arithmetic and devices of that run).""",
+    overrides=dict(epochs=16, lr_schedule="12:0.04,16:0.004", lr_schedule_shape="cosine",
+                   warmup_epochs=2, zero_init_residual=True, crop_area_min=0.35,
+                   batch_norm_momentum=0.9, checkpoint_url="none", val_fraction=0.0,
+                   target_metric="train", stop_at_target=False, export=False, max_steps=None,
+                   per_class=None, label_smoothing=0.0, lr_reference_batch=None,
+                   classifier_lr_multiplier=1.0, ema_decay=None, progressive_min_size=None,
+                   eval_image_size=None, input="cxx", reader_cache=None, momentum=0.9,
+                   freeze_batch_norm=False, checkpoint_exclude_patterns=None),
     summary="built-in source task")
 
 
