@@ -18,7 +18,8 @@ In README.md a table sits between markers naming its folder and its kind:
     (caption line and table, written by the command above; edits here are overwritten)
     <!-- /table:intel-xeon-processor-2c-2026-12-02-reader/reader -->
 
-Kinds: `reader` (bench.reader backends against threads, ratios against tf.data and DALI),
+Kinds: `reader` (bench.reader backends against threads, ratios against tf.data and DALI, CPU
+cores busy and img/s per core), `feeding` (bench.feeding: cores to feed common GPUs),
 `sweep` (bench.sweep's throughput cells, as in its report.md), `ttt` (bench.sweep's
 time-to-target runs, ours and Keras fit's, with Keras' time over ours), `step` (bench.step
 cells). The
@@ -31,6 +32,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.feeding import feeding_table
 from bench.report import format_number, reader_table, throughput_table, time_to_target_table
 from flowers_tl.results import ci95, read_jsonl
 
@@ -73,6 +75,7 @@ def _reader_rows(folder: Path) -> list[dict[str, Any]]:
 KINDS: dict[str, tuple[Callable[[Path], list[dict[str, Any]]],
                        Callable[[list[dict[str, Any]]], list[str]]]] = {
     "reader": (_reader_rows, reader_table),
+    "feeding": (_reader_rows, feeding_table),
     "sweep": (lambda folder: [r for r in read_jsonl(folder / "results.jsonl") if "phase" in r],
               throughput_table),
     "ttt": (lambda folder: [r for r in read_jsonl(folder / "results.jsonl")

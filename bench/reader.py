@@ -18,7 +18,9 @@ and 95% interval, flowers_tl.results.throughput_stats) comes from splitting the 
 into --num_windows consecutive windows, because a prefetching pipeline hands out queued batches
 in bursts and single batches are not independent; its jitter is tf_cnn_benchmarks' (1.4826 x the
 median absolute deviation of the per-batch rates). A backend that fails gives a row with `error`
-and the run goes on. The cache backends fill their cache before their first batch, so their
+and the run goes on. Each row also carries the process CPU time over the timed window
+(cpu_cores_busy, cpu_ms_per_image, samples_per_cpu_second = img/s per busy core), from which
+the run ends with bench.feeding's table of cores needed to feed common GPUs. The cache backends fill their cache before their first batch, so their
 timed rate is the cached one; the fill's time is in the row (cache_fill_seconds).
 
 Rows are flat JSON objects (timm benchmark.py style) appended to --out, one per line, each with
@@ -41,6 +43,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from bench.feeding import feeding_table
 from bench.reader_backends import BACKEND_FUNCTIONS
 from flowers_tl.env import describe_environment
 from flowers_tl.geometry import TRAIN_AREA_RANGE, TRAIN_ASPECT_RANGE
@@ -127,6 +130,9 @@ def time_batches(
 
     batch_end_times = []
     batch_sizes = []
+    # Process CPU time (every thread: workers, hand-over, consumer) over the same window gives
+    # the cost per image that decides how many cores feed an accelerator (bench.feeding).
+    cpu_start = time.process_time()
     timed_start = time.perf_counter()
     deadline = timed_start + config.seconds
     while True:
@@ -136,6 +142,7 @@ def time_batches(
         batch_sizes.append(len(images))
         if now >= deadline and len(batch_end_times) >= config.num_windows:
             break
+    cpu_seconds = time.process_time() - cpu_start
 
     batch_seconds = np.maximum(np.diff([timed_start] + batch_end_times), 1e-9)
     # Windows of consecutive whole batches: exact image counts, no batch split across windows.
@@ -155,6 +162,10 @@ def time_batches(
         "samples_per_sec_jitter": throughput_stats(batch_seconds, batch_sizes)[
             "images_per_sec_jitter"],
         "samples_per_sec_per_thread": stats["images_per_sec"] / config.num_threads,
+        "cpu_seconds": cpu_seconds,
+        "cpu_cores_busy": cpu_seconds / (batch_end_times[-1] - timed_start),
+        "cpu_ms_per_image": 1e3 * cpu_seconds / num_images,
+        "samples_per_cpu_second": num_images / cpu_seconds if cpu_seconds > 0 else None,
         "batch_time_ms_mean": float(batch_seconds.mean() * 1e3),
         "batch_time_ms_p95": float(np.percentile(batch_seconds, 95) * 1e3),
         "num_images": num_images,
@@ -255,7 +266,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         f"{'backend':<12} {'threads':>7} {'img/s':>9} {'± stderr':>9} {'jitter':>8} "
-        f"{'vs tfdata':>9} {'vs tfdata-cache':>15} {'vs dali':>8} {'fill s':>7}"
+        f"{'vs tfdata':>9} {'vs tfdata-cache':>15} {'vs dali':>8} {'fill s':>7} "
+        f"{'cores busy':>10} {'img/s/core':>10}"
     ]
     for row in rows:
         if "error" in row:
@@ -266,7 +278,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{row['backend']:<12} {row['num_threads']:>7} {row['samples_per_sec']:>9.1f} "
             f"{row['samples_per_sec_stderr']:>9.1f} {row['samples_per_sec_jitter']:>8.1f} "
             f"{ratio(row, 'tfdata'):>9} {ratio(row, 'tfdata-cache'):>15} {ratio(row, 'dali'):>8} "
-            f"{'-' if fill is None else f'{fill:.1f}':>7}"
+            f"{'-' if fill is None else f'{fill:.1f}':>7} "
+            f"{row['cpu_cores_busy']:>10.2f} {row['samples_per_cpu_second'] or 0:>10.0f}"
         )
     return "\n".join(lines)
 
@@ -309,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         row["command"] = command  # what made the row, for the tables bench.report writes
         append_row(row, args.out)
     print(format_table(rows), file=sys.stderr)
+    print("\nCores to feed GPU training (bench.feeding):\n" + "\n".join(feeding_table(rows)),
+          file=sys.stderr)
     return 0
 
 

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.feeding import FEEDING_IMAGE_SIZE, feeding_table
 from flowers_tl.results import ci95, intervals_overlap, read_jsonl
 
 # Knobs that change the kernels, not the arithmetic (up to rounding; tfdata draws its random
@@ -361,13 +362,14 @@ def reader_table(rows: list[dict[str, Any]]) -> list[str]:
     references = ["tfdata"] + (["dali"] if any(key[0] == "dali" for key in rates) else [])
     names = {"tfdata": "tf.data", "dali": "DALI"}
     lines = ["| backend | threads | img/s | ± | 95% interval | jitter | "
-             + " | ".join(f"vs {names[name]}" for name in references) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(references)]
+             + " | ".join(f"vs {names[name]}" for name in references) + " | cores busy | "
+             "img/s per core |",
+             "|---|---|---|---|---|---|" + "---|" * len(references) + "---|---|"]
     for r in rows:
         if "error" in r:
             error = r["error"][:200].replace("|", "\\|")
             lines.append(f"| {r['backend']} | {r['num_threads']} | error: {error} |"
-                         + " |" * (3 + len(references)))
+                         + " |" * (5 + len(references)))
             continue
         interval = ci95(r, "samples_per_sec")
         ratios = [rates.get((name, r["num_threads"])) for name in references]
@@ -377,7 +379,9 @@ def reader_table(rows: list[dict[str, Any]]) -> list[str]:
             f"{'-' if interval is None else f'{interval[0]:.1f}-{interval[1]:.1f}'} | "
             f"{format_number(r.get('samples_per_sec_jitter'))} | "
             + " | ".join(format_number(r["samples_per_sec"] / base if base else None, 2, "x")
-                         for base in ratios) + " |")
+                         for base in ratios)
+            + f" | {format_number(r.get('cpu_cores_busy'), 2)} | "
+            f"{format_number(r.get('samples_per_cpu_second'), 0)} |")
     return lines
 
 
@@ -425,7 +429,16 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], reader: list[dict[str
     if reader:
         lines += ["", "## Reader images/sec against threads", "",
                   f"bench.reader, {reader[0]['image_size']} px train augmentation, batch "
-                  f"{reader[0]['batch_size']}, on the sweep's data.", ""] + reader_table(reader)
+                  f"{reader[0]['batch_size']}, on the sweep's data; cores busy is the process CPU "
+                  f"time over the timed wall time, img/s per core the images per CPU-second.",
+                  ""] + reader_table(reader)
+        lines += ["", "## Cores to feed a GPU", ""]
+        if any(r.get("image_size") == FEEDING_IMAGE_SIZE for r in reader):
+            lines += feeding_table(reader)
+        else:
+            lines += [f"The GPU rates are at {FEEDING_IMAGE_SIZE} px and this sweep's reader ran "
+                      f"at {reader[0]['image_size']} px: `python -m bench.reader --image_size "
+                      f"{FEEDING_IMAGE_SIZE} ...` prints the table."]
     failed = [r for r in rows if r["status"] in ("skipped", "error")]
     if failed:
         lines += ["", "## Skipped and failed cells", "", "| cell | phase | status | reason |",

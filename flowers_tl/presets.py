@@ -142,7 +142,7 @@ GPU = Preset(
                               {"num_gpus": [1, 2, 4, 8]}, {"batch_size": [128, 256]}),
                     warmup_steps=10, timed_steps=20, rounds=2, cell_budget_sec=600,
                     time_to_target=("default", "fastest"), ttt_budget_sec=1800,
-                    reader_seconds=5.0))
+                    reader_backends=("cxx", "cxx-cache", "tfdata"), reader_seconds=5.0))
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (CPU_DEFAULT, BUILTIN_SOURCE, SMOKE, CPU, GPU)}
 SWEEP_PRESETS = tuple(name for name, p in PRESETS.items() if p.sweep is not None)

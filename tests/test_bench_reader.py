@@ -118,6 +118,35 @@ def test_time_batches_measures_a_known_rate():
     assert figures["samples_per_sec_window_min"] <= figures["samples_per_sec"] <= figures["samples_per_sec_window_max"]
 
 
+def test_time_batches_counts_the_cpu_time_a_backend_spends():
+    # A backend that keeps one core busy for 20 ms per batch costs ~one core while timed; one
+    # that sleeps costs almost none. process_time counts every thread of the process.
+    config = bench_reader.ReaderBenchConfig(
+        backend="cxx", num_threads=1, batch_size=8, image_size=2, seconds=0.4, warmup_seconds=0.05
+    )
+    batch = np.arange(8 * 12, dtype=np.uint8).reshape(8, 2, 2, 3), np.zeros(8, np.int32)
+
+    def busy_batches():
+        while True:
+            end = time.process_time() + 0.02
+            while time.process_time() < end:
+                pass
+            yield batch
+
+    def idle_batches():
+        while True:
+            time.sleep(0.02)
+            yield batch
+
+    busy = bench_reader.time_batches(busy_batches(), config, num_classes=1)
+    assert 0.7 < busy["cpu_cores_busy"] < 1.3
+    assert busy["samples_per_cpu_second"] == pytest.approx(busy["num_images"] / busy["cpu_seconds"])
+    assert busy["cpu_ms_per_image"] == pytest.approx(1e3 / busy["samples_per_cpu_second"])
+    assert 300 < busy["samples_per_cpu_second"] < 500  # 8 images per 20 ms of CPU
+    idle = bench_reader.time_batches(idle_batches(), config, num_classes=1)
+    assert idle["cpu_cores_busy"] < 0.3
+
+
 def test_random_crop_window_stays_inside_the_image():
     rng = np.random.default_rng(0)
     for _ in range(200):

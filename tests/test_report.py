@@ -260,13 +260,17 @@ def test_reader_table_ratios_by_hand_and_dali_only_where_it_ran():
             _reader("tfdata", 2, 400.0), {"backend": "opencv", "num_threads": 2,
                                           "error": "ValueError: a|b"}]
     lines = report.reader_table(rows)
-    assert lines[0] == "| backend | threads | img/s | ± | 95% interval | jitter | vs tf.data |"
-    assert lines[2] == "| cxx | 1 | 300.0 | 1.0 | 297.0-303.0 | 2.0 | 1.50x |"
-    assert lines[4] == "| cxx | 2 | 500.0 | 1.0 | 497.0-503.0 | 2.0 | 1.25x |"
-    assert lines[6] == "| opencv | 2 | error: ValueError: a\\|b | | | | |"
+    assert lines[0] == ("| backend | threads | img/s | ± | 95% interval | jitter | vs tf.data | "
+                        "cores busy | img/s per core |")
+    assert lines[2] == "| cxx | 1 | 300.0 | 1.0 | 297.0-303.0 | 2.0 | 1.50x | - | - |"
+    assert lines[4] == "| cxx | 2 | 500.0 | 1.0 | 497.0-503.0 | 2.0 | 1.25x | - | - |"
+    assert lines[6] == "| opencv | 2 | error: ValueError: a\\|b | | | | | | |"
     with_dali = report.reader_table(rows[:2] + [_reader("dali", 1, 400.0)])
-    assert with_dali[0].endswith("| vs tf.data | vs DALI |")
-    assert with_dali[2].endswith("| 1.50x | 0.75x |")
+    assert with_dali[0].endswith("| vs tf.data | vs DALI | cores busy | img/s per core |")
+    assert with_dali[2].endswith("| 1.50x | 0.75x | - | - |")
+    with_cpu = report.reader_table([_reader("cxx", 2, 500.0, cpu_cores_busy=1.954,
+                                            samples_per_cpu_second=255.9)])
+    assert with_cpu[2].endswith("| 1.95 | 256 |")
 
 
 def test_step_table_against_keras_fp32():
@@ -326,7 +330,7 @@ def test_readme_tables_are_written_between_markers_and_checked(tmp_path):
 
 
 @pytest.mark.parametrize("marker, message", [
-    ("<!-- table:{name}/plots -->\n<!-- /table:{name}/plots -->", "kind one of reader, sweep"),
+    ("<!-- table:{name}/plots -->\n<!-- /table:{name}/plots -->", "kind one of reader, feeding, sweep"),
     ("<!-- table:nowhere/reader -->\n<!-- /table:nowhere/reader -->", "nowhere/environment.json"),
     ("<!-- table:{name}/reader -->\nno end", "no closing <!-- /table:"),
     ("<!-- table:{name}/step -->\n<!-- /table:{name}/step -->", "no step rows"),
