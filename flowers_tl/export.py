@@ -114,7 +114,7 @@ def eval_preprocess(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def decode_and_preprocess(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-    # INTEGER_ACCURATE is libjpeg's ISLOW IDCT, the C++ reader's default (TF's default is IFAST).
+    # INTEGER_ACCURATE is libjpeg's ISLOW IDCT, the C++ reader's for evaluation (TF's default is IFAST).
     image = tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
     return eval_preprocess(image, image_size)
 

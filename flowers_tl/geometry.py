@@ -14,7 +14,8 @@ flowers_tl.model's ModelMeta holds which variant uses which.
 
 Where the three pipelines differ (same geometry everywhere; the pixels differ on purpose):
 
-- C++ reader: libjpeg's accurate integer IDCT (JDCT_ISLOW), the crop region decoded at the
+- C++ reader: for evaluation libjpeg's accurate integer IDCT (JDCT_ISLOW), for training crops
+  TF's default fast one (JDCT_IFAST, as tf.data; reader.ReaderConfig.fast_idct), the crop region decoded at the
   smallest DCT scale M/8 in {1/8, 1/4, 1/2, 1} that covers the output, then one antialiased
   triangle-filter resample straight from the fractional crop box in source pixels.
 - SavedModel export (predict_jpeg): the reader's eval path in TF ops, so a served model sees

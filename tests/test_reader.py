@@ -366,14 +366,28 @@ def test_python_defaults_are_the_cxx_defaults_and_the_geometry_is_geometry_py():
         assert math.isnan(cxx.pop(name)) if isinstance(value, float) else cxx.pop(name) == 0
     # The build's identity (a cache file's key) is Python's to compute; C++ leaves it empty.
     assert ours.pop("cache.version") == build_identity() and cxx.pop("cache.version") == ""
+    # The IDCT is chosen per mode in Python (next test); C++'s own default is the accurate one.
+    assert ours.pop("decoder.fast_idct") is True and cxx.pop("decoder.fast_idct") is False
     assert ours == cxx
+
+
+def test_the_idct_is_tfs_fast_one_for_training_and_the_accurate_one_for_evaluation():
+    # Evaluation decodes as the exported model does (INTEGER_ACCURATE); training crops as
+    # tf.data's default does (INTEGER_FAST). A given value always wins.
+    def chosen(**fields):
+        return ReaderConfig(batch_size=2, **fields).resolved().fast_idct
+
+    assert chosen(training=True) is True and chosen(training=False) is False
+    assert chosen(training=True, fast_idct=False) is False
+    assert chosen(training=False, fast_idct=True) is True
 
 
 # ReaderConfig field -> (a non-default value, {C++ field: what it must become}).
 FIELD_CHANGES = {
     "batch_size": (5, {"batch_size": 5}),
     "image_size": (32, {"image.image_size": 32}),
-    "training": (False, {"image.training": False}),
+    # Evaluation also switches to the accurate IDCT (fast_idct=None resolves per mode).
+    "training": (False, {"image.training": False, "decoder.fast_idct": False}),
     "shuffle": (False, {"shuffle": False}),
     "num_threads": (3, {"num_threads": 3}),
     "layout": ("NCHW", {"image.layout": "NCHW"}),
@@ -390,7 +404,7 @@ FIELD_CHANGES = {
     "eval_resize_ratio": (1.25, {"image.eval_resize_ratio": 1.25}),
     "use_dct_scaling": (False, {"image.use_dct_scaling": False}),
     "dct_scales": ((8,), {"decoder.dct_scales": [8]}),
-    "fast_idct": (True, {"decoder.fast_idct": True}),
+    "fast_idct": (False, {"decoder.fast_idct": False}),  # training resolves None to True
     "fancy_upsampling": (False, {"decoder.fancy_upsampling": False}),
     "max_pixels": (1000, {"decoder.max_pixels": 1000}),
     "skip_bad_files": (False, {"skip_bad_files": False}),
