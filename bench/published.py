@@ -68,8 +68,10 @@ def step_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _reader_rows(folder: Path) -> list[dict[str, Any]]:
+    from bench.reader import pool_rounds
+
     beside = read_jsonl(folder / "reader.jsonl")  # a sweep's reader phase
-    return beside or [r for r in read_jsonl(folder / "results.jsonl") if "backend" in r]
+    return pool_rounds(beside or [r for r in read_jsonl(folder / "results.jsonl") if "backend" in r])
 
 
 KINDS: dict[str, tuple[Callable[[Path], list[dict[str, Any]]],

@@ -13,7 +13,9 @@ random-resized-crop + random flip with flowers_tl.geometry's crop ranges, and in
   2. warm-up: --warmup_seconds of batches, not counted (thread start, file cache, autotuning);
   3. timed:   batches for --seconds (and at least --num_windows batches).
 
-samples_per_sec is the images of the timed batches over the timed wall time; its spread (stderr
+With --rounds N every pair is measured N times, interleaved (even rounds forward, odd ones
+backward), one row per measurement, and the tables pool them (pool_rounds: stderr and interval
+across rounds). samples_per_sec is the images of the timed batches over the timed wall time; its spread (stderr
 and 95% interval, flowers_tl.results.throughput_stats) comes from splitting the timed batches
 into --num_windows consecutive windows, because a prefetching pipeline hands out queued batches
 in bursts and single batches are not independent; its jitter is tf_cnn_benchmarks' (1.4826 x the
@@ -236,10 +238,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="timed windows the spread is computed from")
     parser.add_argument("--eval", action="store_true",
                         help="eval transform: resize shorter side + central crop")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every (backend, threads) this many times, interleaved (round "
+                             "2 in reverse order), so machine drift hits every backend alike; the "
+                             "tables pool the rounds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None,
                         help="append JSON rows to this file (default: rows to stdout)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: must be >= 1")
     # Flatten repeated flags, keep first occurrence order, drop duplicates.
     args.backend = list(dict.fromkeys(value for values in args.backend for value in values))
     args.num_threads = list(dict.fromkeys(value for values in args.num_threads for value in values))
@@ -255,6 +263,56 @@ def load_dataset(data_url: str | None) -> tuple[list[str], list[int], int]:
         data_url = synth.default_dataset()
     listing = data.list_folder(data_url)
     return list(listing.files), list(listing.labels), len(listing.class_names)
+
+
+def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (backend, num_threads), in first-seen order: rows of several rounds pooled.
+
+    The pooled rate is all timed images over all timed seconds; its stderr and 95% interval come
+    from the rounds' rates (the spread that machine drift between rounds adds, which windows
+    within one round do not see); CPU figures are totals over the rounds. A group with an error
+    in any round is that error. Rows of a single round are returned as they are."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["backend"], row["num_threads"]), []).append(row)
+    pooled = []
+    for group in groups.values():
+        if len(group) == 1:
+            pooled.append(group[0])
+            continue
+        failed = next((row for row in group if "error" in row), None)
+        if failed is not None:
+            pooled.append({**failed, "rounds": len(group)})
+            continue
+        stats = throughput_stats([row["timed_seconds"] for row in group],
+                                 [row["num_images"] for row in group])
+        images = sum(row["num_images"] for row in group)
+        cpu_seconds = sum(row["cpu_seconds"] for row in group)
+        timed_seconds = sum(row["timed_seconds"] for row in group)
+        merged = {**group[0]}
+        merged.pop("round", None)
+        merged.update(
+            rounds=len(group),
+            samples_per_sec=stats["images_per_sec"],
+            samples_per_sec_stderr=stats["images_per_sec_stderr"],
+            samples_per_sec_ci95=stats["images_per_sec_ci95"],
+            samples_per_sec_rounds=[row["samples_per_sec"] for row in group],
+            samples_per_sec_window_min=min(row["samples_per_sec_window_min"] for row in group),
+            samples_per_sec_window_max=max(row["samples_per_sec_window_max"] for row in group),
+            samples_per_sec_jitter=float(np.mean([row["samples_per_sec_jitter"] for row in group])),
+            samples_per_sec_per_thread=stats["images_per_sec"] / group[0]["num_threads"],
+            num_images=images,
+            num_batches=sum(row["num_batches"] for row in group),
+            timed_seconds=timed_seconds,
+            cpu_seconds=cpu_seconds,
+            cpu_cores_busy=cpu_seconds / timed_seconds,
+            cpu_ms_per_image=1e3 * cpu_seconds / images,
+            samples_per_cpu_second=images / cpu_seconds if cpu_seconds > 0 else None,
+        )
+        if all("cache_fill_seconds" in row for row in group):
+            merged["cache_fill_seconds"] = float(np.mean([row["cache_fill_seconds"] for row in group]))
+        pooled.append(merged)
+    return pooled
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -284,6 +342,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def report_row(row: dict[str, Any], config: ReaderBenchConfig, command: str,
+               out: str | None) -> None:
+    if "error" in row:
+        print(f"{config.backend} x{config.num_threads}: error: {row['error']}", file=sys.stderr)
+    else:
+        print(f"{config.backend} x{config.num_threads}: {row['samples_per_sec']:.1f} "
+              f"± {row['samples_per_sec_stderr']:.1f} img/s ({row['num_images']} images)",
+              file=sys.stderr)
+    row["command"] = command  # what made the row, for the tables bench.report writes
+    append_row(row, out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "bench.reader", *(sys.argv[1:] if argv is None else argv)])
@@ -310,17 +380,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(files)} files, {num_classes} classes; {environment['cpu_model']}, "
           f"{environment['cpu_count_affinity']} usable cores", file=sys.stderr)
     rows = []
-    for config in configs:
-        row = run_one(config, files, labels, num_classes, environment)
-        rows.append(row)
-        if "error" in row:
-            print(f"{config.backend} x{config.num_threads}: error: {row['error']}", file=sys.stderr)
-        else:
-            print(f"{config.backend} x{config.num_threads}: {row['samples_per_sec']:.1f} "
-                  f"± {row['samples_per_sec_stderr']:.1f} img/s ({row['num_images']} images)",
-                  file=sys.stderr)
-        row["command"] = command  # what made the row, for the tables bench.report writes
-        append_row(row, args.out)
+    for round_index in range(args.rounds):
+        for config in configs if round_index % 2 == 0 else configs[::-1]:
+            row = run_one(config, files, labels, num_classes, environment)
+            row["round"] = round_index
+            rows.append(row)
+            report_row(row, config, command, args.out)
+    rows = pool_rounds(rows)
     print(format_table(rows), file=sys.stderr)
     print("\nCores to feed GPU training (bench.feeding):\n" + "\n".join(feeding_table(rows)),
           file=sys.stderr)

@@ -525,7 +525,9 @@ def write_plots(folder: Path, rows: list[dict[str, Any]], reader: list[dict[str,
 def write_all(folder: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """tuned.json, results.csv, report.md, the plots and sweep.json (the sweep's own facts)."""
     folder = Path(folder)
-    reader = read_jsonl(folder / "reader.jsonl")
+    from bench.reader import pool_rounds
+
+    reader = pool_rounds(read_jsonl(folder / "reader.jsonl"))
     tuned, why = choose_tuned(rows)
     tuned_path = folder / "tuned.json"
     if tuned is not None:

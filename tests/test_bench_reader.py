@@ -229,3 +229,53 @@ def test_eval_resize_uses_the_shared_geometry():
                            interpolation=cv2.INTER_LINEAR)
     top, left = (shorter - 224) // 2, (reference.shape[1] - 224) // 2
     np.testing.assert_array_equal(out, reference[top:top + 224, left:left + 224])
+
+
+def _timed_row(backend, threads, images, seconds, cpu_seconds, **extra):
+    return {"backend": backend, "num_threads": threads, "num_images": images, "num_batches": images // 8,
+            "timed_seconds": seconds, "samples_per_sec": images / seconds, "cpu_seconds": cpu_seconds,
+            "samples_per_sec_window_min": images / seconds - 5, "samples_per_sec_window_max": images / seconds + 5,
+            "samples_per_sec_jitter": 2.0, "samples_per_sec_stderr": 1.0,
+            "cpu_cores_busy": cpu_seconds / seconds, "samples_per_cpu_second": images / cpu_seconds,
+            **extra}
+
+
+def test_rounds_pool_by_hand_and_an_error_in_any_round_wins():
+    rows = [_timed_row("cxx", 1, 800, 2.0, 2.0, round=0, cache_fill_seconds=1.0),
+            _timed_row("tfdata", 1, 500, 2.0, 2.0, round=0),
+            {"backend": "dali", "num_threads": 1, "round": 0, "error": "ImportError: no DALI"},
+            {"backend": "dali", "num_threads": 1, "round": 1, "error": "ImportError: no DALI"},
+            _timed_row("tfdata", 1, 400, 2.0, 2.0, round=1),
+            _timed_row("cxx", 1, 1000, 2.0, 2.5, round=1, cache_fill_seconds=3.0)]
+    pooled = bench_reader.pool_rounds(rows)
+    assert [(row["backend"], row.get("rounds")) for row in pooled] == [("cxx", 2), ("tfdata", 2), ("dali", 2)]
+    cxx = pooled[0]
+    assert cxx["samples_per_sec"] == pytest.approx(1800 / 4.0)  # all images over all seconds
+    assert cxx["samples_per_sec_rounds"] == [400.0, 500.0]
+    # rates 400 and 500: stderr = std(ddof=1) / sqrt(2) = 70.71 / 1.414 = 50
+    assert cxx["samples_per_sec_stderr"] == pytest.approx(50.0)
+    assert cxx["samples_per_sec_ci95"][0] < 450 < cxx["samples_per_sec_ci95"][1]
+    assert cxx["samples_per_cpu_second"] == pytest.approx(1800 / 4.5)
+    assert cxx["cpu_cores_busy"] == pytest.approx(4.5 / 4.0)
+    assert cxx["cache_fill_seconds"] == pytest.approx(2.0)
+    assert "round" not in cxx and pooled[2]["error"].startswith("ImportError")
+    single = [_timed_row("cxx", 2, 800, 2.0, 2.0)]
+    assert bench_reader.pool_rounds(single) == single
+
+
+def test_rounds_run_interleaved_the_second_backwards(monkeypatch, tmp_path):
+    order = []
+
+    def fake_run_one(config, files, labels, num_classes, environment):
+        order.append((config.backend, config.num_threads))
+        return _timed_row(config.backend, config.num_threads, 80, 1.0, 1.0)
+
+    monkeypatch.setattr(bench_reader, "run_one", fake_run_one)
+    monkeypatch.setattr(bench_reader, "load_dataset", lambda url: (["a.jpg"], [0], 1))
+    monkeypatch.setattr(bench_reader, "describe_environment", lambda: {"cpu_model": "x", "cpu_count_affinity": 1})
+    out = tmp_path / "rows.jsonl"
+    assert bench_reader.main(["--backend", "cxx,tfdata", "--num_threads", "1", "--rounds", "3",
+                              "--out", str(out)]) == 0
+    assert order == [("cxx", 1), ("tfdata", 1), ("tfdata", 1), ("cxx", 1), ("cxx", 1), ("tfdata", 1)]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["round"] for row in rows] == [0, 0, 1, 1, 2, 2]
