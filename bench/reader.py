@@ -21,7 +21,8 @@ into --num_windows consecutive windows, because a prefetching pipeline hands out
 in bursts and single batches are not independent; its jitter is tf_cnn_benchmarks' (1.4826 x the
 median absolute deviation of the per-batch rates). A backend that fails gives a row with `error`
 and the run goes on. Each row also carries the process CPU time over the timed window
-(cpu_cores_busy, cpu_ms_per_image, samples_per_cpu_second = img/s per busy core), from which
+(cpu_cores_busy, cpu_ms_per_image, samples_per_cpu_second = img/s per busy core) and its
+context switches per image (voluntary: blocking wake-ups; involuntary: preemptions), from which
 the run ends with bench.feeding's table of cores needed to feed common GPUs. The cache backends fill their cache before their first batch, so their
 timed rate is the cached one; the fill's time is in the row (cache_fill_seconds).
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import shlex
 import sys
 import time
@@ -118,6 +120,12 @@ def check_batch(
         )
 
 
+def context_switches() -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every thread of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw, usage.ru_nivcsw
+
+
 def time_batches(
     batches: Iterator[Batch], config: ReaderBenchConfig, num_classes: int
 ) -> dict[str, Any]:
@@ -135,6 +143,7 @@ def time_batches(
     # Process CPU time (every thread: workers, hand-over, consumer) over the same window gives
     # the cost per image that decides how many cores feed an accelerator (bench.feeding).
     cpu_start = time.process_time()
+    switches_start = context_switches()
     timed_start = time.perf_counter()
     deadline = timed_start + config.seconds
     while True:
@@ -145,6 +154,7 @@ def time_batches(
         if now >= deadline and len(batch_end_times) >= config.num_windows:
             break
     cpu_seconds = time.process_time() - cpu_start
+    voluntary, involuntary = (end - start for end, start in zip(context_switches(), switches_start))
 
     batch_seconds = np.maximum(np.diff([timed_start] + batch_end_times), 1e-9)
     # Windows of consecutive whole batches: exact image counts, no batch split across windows.
@@ -168,6 +178,10 @@ def time_batches(
         "cpu_cores_busy": cpu_seconds / (batch_end_times[-1] - timed_start),
         "cpu_ms_per_image": 1e3 * cpu_seconds / num_images,
         "samples_per_cpu_second": num_images / cpu_seconds if cpu_seconds > 0 else None,
+        # Wake-ups: a thread that blocks (a worker waiting for work, the consumer for a batch)
+        # switches voluntarily; one the scheduler preempts, involuntarily. Per image, every thread.
+        "voluntary_switches_per_image": voluntary / num_images,
+        "involuntary_switches_per_image": involuntary / num_images,
         "batch_time_ms_mean": float(batch_seconds.mean() * 1e3),
         "batch_time_ms_p95": float(np.percentile(batch_seconds, 95) * 1e3),
         "num_images": num_images,
@@ -309,6 +323,9 @@ def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             cpu_ms_per_image=1e3 * cpu_seconds / images,
             samples_per_cpu_second=images / cpu_seconds if cpu_seconds > 0 else None,
         )
+        for name in ("voluntary_switches_per_image", "involuntary_switches_per_image"):
+            if all(name in row for row in group):
+                merged[name] = sum(row[name] * row["num_images"] for row in group) / images
         if all("cache_fill_seconds" in row for row in group):
             merged["cache_fill_seconds"] = float(np.mean([row["cache_fill_seconds"] for row in group]))
         pooled.append(merged)
@@ -325,7 +342,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         f"{'backend':<12} {'threads':>7} {'img/s':>9} {'± stderr':>9} {'jitter':>8} "
         f"{'vs tfdata':>9} {'vs tfdata-cache':>15} {'vs dali':>8} {'fill s':>7} "
-        f"{'cores busy':>10} {'img/s/core':>10}"
+        f"{'cores busy':>10} {'img/s/core':>10} {'switches/img':>12}"
     ]
     for row in rows:
         if "error" in row:
@@ -337,7 +354,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{row['samples_per_sec_stderr']:>9.1f} {row['samples_per_sec_jitter']:>8.1f} "
             f"{ratio(row, 'tfdata'):>9} {ratio(row, 'tfdata-cache'):>15} {ratio(row, 'dali'):>8} "
             f"{'-' if fill is None else f'{fill:.1f}':>7} "
-            f"{row['cpu_cores_busy']:>10.2f} {row['samples_per_cpu_second'] or 0:>10.0f}"
+            f"{row['cpu_cores_busy']:>10.2f} {row['samples_per_cpu_second'] or 0:>10.0f} "
+            f"{row.get('voluntary_switches_per_image', 0) + row.get('involuntary_switches_per_image', 0):>12.2f}"
         )
     return "\n".join(lines)
 

@@ -145,6 +145,9 @@ def test_time_batches_counts_the_cpu_time_a_backend_spends():
     assert 300 < busy["samples_per_cpu_second"] < 500  # 8 images per 20 ms of CPU
     idle = bench_reader.time_batches(idle_batches(), config, num_classes=1)
     assert idle["cpu_cores_busy"] < 0.3
+    # Each sleep blocks once: about one voluntary switch per batch of 8.
+    assert 0.1 <= idle["voluntary_switches_per_image"] <= 0.5
+    assert busy["voluntary_switches_per_image"] < idle["voluntary_switches_per_image"]
 
 
 def test_random_crop_window_stays_inside_the_image():
