@@ -2,7 +2,7 @@
 
     python -m bench.profile --out results/profile.json
     python -m bench.profile --corpus real=/tmp/real-photos --image_size 224 \\
-        --variants default,fast_idct,merged_upsampling
+        --variants default,accurate_idct,merged_upsampling
 
 For each corpus (default: both of bench.photos' yardsticks, built in a temporary folder), --files
 files spread over its listing, --crops training crops each (the crops a Reader with --seed draws
@@ -32,8 +32,9 @@ decode of every row (jpeg_read_coefficients), a whole-image RGB decode at 8/8, a
 decoded at 8/8 (DCT scaling off). Per JPEG kind: ms/image and the entropy floor's share.
 
 Variants (--variants, interleaved file by file so a busy machine hits them alike): `default`
-(the reader's defaults), `fast_idct` (JDCT_IFAST), `merged_upsampling` (fancy upsampling off:
-libjpeg's merged upsample + colour conversion), `fast` (both). Their pixels differ from the
+(the reader's training defaults: JDCT_IFAST, fancy upsampling), `accurate_idct` (JDCT_ISLOW,
+what evaluation uses), `merged_upsampling` (fancy upsampling off: libjpeg's merged upsample +
+colour conversion), `fast` (IFAST and merged upsampling, whatever the defaults). Their pixels differ from the
 default's by at most a few levels (tests/test_profile.py states the tolerances).
 The machine's load moves every figure: read them as shares and ratios, not as published rates.
 """
@@ -53,7 +54,7 @@ STAGES = ("read", "header", "start", "entropy", "idct", "upsample", "color_conve
           "decode_other", "resize")
 STAGE_NAMES = {"start": "setup (progressive: + entropy, all scans)"}
 REFERENCES = ("full_entropy", "full_decode_rgb", "full_decode_ycbcr", "crop_no_dct_scaling")
-VARIANTS = {"default": {}, "fast_idct": {"fast_idct": True},
+VARIANTS = {"default": {}, "accurate_idct": {"fast_idct": False},
             "merged_upsampling": {"fancy_upsampling": False},
             "fast": {"fast_idct": True, "fancy_upsampling": False}}
 
