@@ -76,6 +76,12 @@ def test_unknown_backend_is_an_argparse_error(capsys):
     assert "invalid choice: 'torch'" in capsys.readouterr().err
 
 
+def test_zero_rounds_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_reader.parse_args(["--backend", "cxx", "--num_threads", "1", "--rounds", "0"])
+    assert exit_info.value.code == 2 and "--rounds 0: must be >= 1" in capsys.readouterr().err
+
+
 def test_lists_of_backends_and_threads_are_flattened():
     args = bench_reader.parse_args(
         ["--backend", "cxx,tfdata", "--backend", "dali,cxx", "--num_threads", "1,2", "--num_threads", "4"]
