@@ -120,6 +120,16 @@ def check_batch(
         )
 
 
+def cpu_figures(cpu_seconds: float, timed_seconds: float, num_images: int) -> dict[str, Any]:
+    """What process CPU time over a timed window says per image (bench.feeding reads these)."""
+    return {
+        "cpu_seconds": cpu_seconds,
+        "cpu_cores_busy": cpu_seconds / timed_seconds,
+        "cpu_ms_per_image": 1e3 * cpu_seconds / num_images,
+        "samples_per_cpu_second": num_images / cpu_seconds if cpu_seconds > 0 else None,
+    }
+
+
 def context_switches() -> tuple[int, int]:
     """(voluntary, involuntary) context switches of every thread of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -174,10 +184,7 @@ def time_batches(
         "samples_per_sec_jitter": throughput_stats(batch_seconds, batch_sizes)[
             "images_per_sec_jitter"],
         "samples_per_sec_per_thread": stats["images_per_sec"] / config.num_threads,
-        "cpu_seconds": cpu_seconds,
-        "cpu_cores_busy": cpu_seconds / (batch_end_times[-1] - timed_start),
-        "cpu_ms_per_image": 1e3 * cpu_seconds / num_images,
-        "samples_per_cpu_second": num_images / cpu_seconds if cpu_seconds > 0 else None,
+        **cpu_figures(cpu_seconds, batch_end_times[-1] - timed_start, num_images),
         # Wake-ups: a thread that blocks (a worker waiting for work, the consumer for a batch)
         # switches voluntarily; one the scheduler preempts, involuntarily. Per image, every thread.
         "voluntary_switches_per_image": voluntary / num_images,
@@ -318,10 +325,7 @@ def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             num_images=images,
             num_batches=sum(row["num_batches"] for row in group),
             timed_seconds=timed_seconds,
-            cpu_seconds=cpu_seconds,
-            cpu_cores_busy=cpu_seconds / timed_seconds,
-            cpu_ms_per_image=1e3 * cpu_seconds / images,
-            samples_per_cpu_second=images / cpu_seconds if cpu_seconds > 0 else None,
+            **cpu_figures(cpu_seconds, timed_seconds, images),
         )
         for name in ("voluntary_switches_per_image", "involuntary_switches_per_image"):
             if all(name in row for row in group):
