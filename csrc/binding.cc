@@ -335,11 +335,11 @@ PYBIND11_MODULE(_reader, m) {
 
   // The ROI path on its own, for tests: decode the part of the image that covers `box` (x, y,
   // w, h in source pixels) and resample it to out_width x out_height. image_options supplies
-  // use_dct_scaling and layout only.
+  // use_dct_scaling and layout only; simd=False takes the portable resampling passes.
   m.def("decode_crop_resize", [](const py::buffer& data, std::tuple<double, double, double, double> box,
                                  int out_width, int out_height, bool flip,
                                  const ImageOptions& image_options,
-                                 const DecoderOptions& decoder_options) {
+                                 const DecoderOptions& decoder_options, bool simd) {
     if (out_width <= 0 || out_height <= 0) throw std::invalid_argument("output size must be positive");
     auto [ptr, size] = view_bytes(data);
     const ImageOptions image = image_options;
@@ -359,6 +359,7 @@ PYBIND11_MODULE(_reader, m) {
                                     &context.region);
       const DecodedRegion& region = context.region;
       scale = region.scale_num;
+      context.scratch.simd = simd;
       resize_rgb(region.data(), region.width, region.height, region.stride, region.box, out_width,
                  out_height, flip, image.layout, pixels.data(), &context.scratch);
     }
@@ -366,7 +367,8 @@ PYBIND11_MODULE(_reader, m) {
                           scale);
   }, py::arg("data"), py::arg("box"), py::arg("out_width"), py::arg("out_height"),
      py::arg("flip"), py::arg("image_options"), py::arg("decoder_options"),
-     "(pixels, DCT scale M of M/8 used)");
+     py::arg("simd") = true,
+     "(pixels, DCT scale M of M/8 used); simd=False resamples without the AVX2 passes (same bytes)");
 
   m.def("augment", [](const py::buffer& data, const ImageOptions& image_options,
                       const DecoderOptions& decoder_options, uint64_t seed) {

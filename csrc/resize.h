@@ -4,6 +4,8 @@
  * PIL's BILINEAR and tf.image.resize(antialias=True)): a plain 2-tap bilinear resize that
  * shrinks more than 2x skips source pixels and aliases. Only pixels inside the source buffer
  * are used; weights are renormalised at its edges, which is "crop, then resize".
+ * Fixed-point arithmetic (weights in 2^-14 units, exact integer sums), so every CPU, with or
+ * without AVX2, writes the same bytes; within one grey level of the same filter in float.
  * Writes interleaved HWC or planar CHW uint8, optionally mirrored left-right, straight into the
  * caller's buffer (a slot of a batch).
  */
@@ -20,10 +22,13 @@ enum class Layout { kHWC, kCHW };
 
 // Per-thread buffers so a worker allocates nothing per image once they have grown.
 struct ResizeScratch {
-  std::vector<int> x_start, y_start;
-  std::vector<float> x_weights, y_weights;
-  std::vector<float> column_sums;  // one output row resampled vertically, at source width
-  std::vector<float> out_row;      // the same row resampled horizontally, before rounding
+  std::vector<int> x_start, y_start, x_relative;
+  std::vector<int16_t> x_weights, y_weights;  // fixed point, 2^-14 units
+  std::vector<int16_t> x_pairs;               // x_weights laid out for the AVX2 pass
+  std::vector<int16_t> mid;                   // one output row resampled vertically
+  std::vector<uint8_t> out_row;               // the same row resampled horizontally
+  // Use the AVX2 passes where the CPU has them (same bytes either way; false for tests).
+  bool simd = true;
 };
 
 // src: interleaved RGB, src_width x src_height, rows src_stride bytes apart.

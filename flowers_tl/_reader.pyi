@@ -84,6 +84,7 @@ def decode_jpeg(data: Buffer, decoder_options: DecoderOptions = ...) -> npt.NDAr
 def decode_crop_resize(
     data: Buffer, box: tuple[float, float, float, float], out_width: int, out_height: int,
     flip: bool, image_options: ImageOptions, decoder_options: DecoderOptions,
+    simd: bool = ...,
 ) -> tuple[npt.NDArray[np.uint8], int]: ...
 def augment(data: Buffer, image_options: ImageOptions, decoder_options: DecoderOptions,
             seed: int) -> npt.NDArray[np.uint8]: ...

@@ -145,7 +145,9 @@ def test_time_batches_counts_the_cpu_time_a_backend_spends():
             yield batch
 
     busy = bench_reader.time_batches(busy_batches(), config, num_classes=1)
-    assert 0.7 < busy["cpu_cores_busy"] < 1.3
+    # Up to one core; less when other work shares the machine (the busy loop waits for CPU
+    # time, not wall time), but well above the idle backend's.
+    assert 0.4 < busy["cpu_cores_busy"] < 1.3
     assert busy["samples_per_cpu_second"] == pytest.approx(busy["num_images"] / busy["cpu_seconds"])
     assert busy["cpu_ms_per_image"] == pytest.approx(1e3 / busy["samples_per_cpu_second"])
     assert 300 < busy["samples_per_cpu_second"] < 500  # 8 images per 20 ms of CPU

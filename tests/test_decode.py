@@ -2,8 +2,8 @@
 
 Reference: PIL, which decodes with libjpeg-turbo's default settings (accurate integer IDCT,
 fancy upsampling), exactly what our decoder asks libjpeg for, so full decodes must be identical.
-Resizes are compared with PIL's antialiased BILINEAR, the same triangle filter; PIL computes in
-fixed point and we in float, hence ±2 levels.
+Resizes are compared with PIL's antialiased BILINEAR, the same triangle filter; both compute in
+fixed point, at different precisions, hence ±2 levels.
 """
 
 import numpy as np
@@ -79,6 +79,36 @@ def test_roi_decode_matches_full_decode_crop_resize(use_dct_scaling):
         assert len(scales - {8}) >= 3, scales  # the cases really exercised reduced scales
     else:
         assert scales == {8}
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_resize_avx2_and_portable_passes_write_the_same_bytes(layout):
+    # Exact integer sums: the AVX2 passes (this CPU, if it has AVX2) and the portable ones agree
+    # byte for byte, so batches do not depend on the CPU. Odd and even widths, widths below and
+    # above the AVX2 step of 4, shrinks and enlargements (1 to 4 tap pairs), flips.
+    rng = np.random.default_rng(11)
+    options = _reader.ImageOptions(use_dct_scaling=False, layout=layout)
+    noisy = (rng.random((300, 420, 3)) * 255).astype(np.uint8)
+    data = encode_jpeg(noisy, quality=95, kind="444")
+    for width, height, box in [(1, 1, (0, 0, 420, 300)), (3, 5, (10, 7, 200, 90)),
+                               (224, 224, (13.5, 2.25, 301, 290)), (97, 61, (0, 0, 420, 300)),
+                               (250, 33, (100, 100, 50, 20)), (64, 64, (5, 5, 410, 290))]:
+        for flip in (False, True):
+            fast, _ = _reader.decode_crop_resize(data, box, width, height, flip, options,
+                                                 ALL_SCALES, simd=True)
+            portable, _ = _reader.decode_crop_resize(data, box, width, height, flip, options,
+                                                     ALL_SCALES, simd=False)
+            assert np.array_equal(fast, portable), (width, height, box, flip)
+
+
+def test_resize_keeps_a_flat_image_flat():
+    # Every output's integer weights sum to exactly one: no level drifts, at any size.
+    flat = np.full((120, 170, 3), (17, 128, 250), np.uint8)
+    data = encode_jpeg(flat, quality=100, kind="444")
+    decoded = reader.decode_jpeg(data)
+    for width, height in [(224, 224), (33, 7), (400, 301)]:
+        ours, _ = crop_resize(data, (3.3, 1.7, 150, 111), width, height, use_dct_scaling=False)
+        assert np.array_equal(ours, np.broadcast_to(decoded[0, 0], ours.shape)), (width, height)
 
 
 def test_dct_scaled_decode_on_detailed_content_stays_close():
