@@ -45,12 +45,12 @@ def test_from_scratch_without_a_schedule_gets_the_from_scratch_schedule_and_mild
     config = resolve({"data_url": folder_of(tmp_path / "d"), "checkpoint_url": "none",
                       "epochs": 8}, gpus_available=0)
     assert (config.train.lr_schedule, config.train.lr_schedule_shape) == ("8:0.1", "cosine")
-    assert config.reader.crop_area_min == 0.35
+    assert config.reader.crop_area_min == 0.8
     said = reasons(config)
     assert said["lr_schedule"] == ("lr_schedule=8:0.1: from scratch, 0.1 per 64 images over "
                                    "the run, not the fine-tuning recipe's rates")
     assert said["lr_schedule_shape"].startswith("lr_schedule_shape=cosine: from scratch")
-    assert said["crop_area_min"].startswith("crop_area_min=0.35: from scratch in under 30")
+    assert said["crop_area_min"].startswith("crop_area_min=0.8: from scratch in under 30")
     half = resolve({"data_url": config.data.data_url, "checkpoint_url": "none", "epochs": 8,
                     "batch_size": 32}, gpus_available=0)
     assert half.train.lr_schedule == "8:0.05"  # linear scaling applies to it too
