@@ -260,7 +260,10 @@ def python_ctrl_c():
 def test_ctrl_c_interrupts_a_waiting_next(slow_files, python_ctrl_c):
     main = threading.get_ident()
     timer = threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT))
-    with Reader(slow_files, [0] * 64, batch_size=64, image_size=224, num_threads=1,
+    # 256 images in one batch: 1.2 s on one thread of a 2026 Xeon with AMX, whose 64 took 0.30 s
+    # and so sometimes finished before the signal, which then hit pytest itself.
+    files = slow_files * 4
+    with Reader(files, [0] * len(files), batch_size=len(files), image_size=224, num_threads=1,
                 use_dct_scaling=False) as reader:
         start = time.perf_counter()
         timer.start()
