@@ -27,6 +27,7 @@ itself, on the device.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -36,6 +37,13 @@ from flowers_tl.config import (DATA_FORMATS, PRECISIONS, VARIANTS, ConfigError, 
                                ModelConfig, check_model)
 
 COMPUTE_DTYPES = {"fp32": tf.float32, "fp16": tf.float16, "bf16": tf.bfloat16}
+# bf16 on a CPU: convolutions whose output has fewer positions than this per image get their
+# weight gradient in fp32. oneDNN's bf16 weight-gradient kernels lose to its fp32 ones on small
+# feature maps (TF 2.21, Intel Xeon with AMX, batch 32, 2026-12-03: 512->2048 1x1 at 2x2 3.0x
+# slower than fp32, at 4x4 1.7x, 7x7 1.07x, 8x8 0.89x), and at 64 px those layers (blocks 3-4)
+# took more than the rest of a bf16 step's weight gradients. The input gradient and the forward
+# pass stay in bf16; the fp32 gradient also skips the cast back to the fp32 master kernel.
+BF16_FP32_WEIGHT_GRAD_BELOW = 64
 
 # (bottleneck depth, units, stride); slim puts the stride on the last unit, keras on the first.
 BLOCKS = ((64, 3, 2), (128, 4, 2), (256, 6, 2), (512, 3, 1))
@@ -93,6 +101,8 @@ class ResNet50(tf.Module):
         self.seed = seed
         self.meta = meta
         self.compute_dtype = COMPUTE_DTYPES[config.precision]
+        self.fp32_small_weight_grads = (config.precision == "bf16" and not config.xla
+                                        and not tf.config.list_physical_devices("GPU"))
         self.variables_by_name: dict[str, tf.Variable] = {}
         self.conv_kernel_names: list[str] = []
         with tf.init_scope():  # variables are created eagerly even if first built in a graph
@@ -187,7 +197,7 @@ class ResNet50(tf.Module):
 
     def _conv(self, x, scope, stride=1, padding="SAME", bias=False):
         kernel_name = f"{scope}/weights" if self.config.variant == "slim" else f"{scope}/kernel"
-        kernel = tf.cast(self.variables_by_name[kernel_name], self.compute_dtype)
+        kernel_variable = self.variables_by_name[kernel_name]
         if isinstance(padding, int):  # explicit symmetric zero padding, then VALID
             # A separate Pad, not conv2d's explicit-padding form: TensorFlow's oneDNN rewrite
             # leaves EXPLICIT-padded Conv2DBackpropFilter/Input on the Eigen kernels, which in
@@ -195,12 +205,48 @@ class ResNet50(tf.Module):
             # bf16 step). Pad + VALID is the same arithmetic and stays on oneDNN.
             x = tf.pad(x, self._spatial([[padding, padding], [padding, padding]]))
             padding = "VALID"
-        y = tf.nn.conv2d(x, kernel, strides=stride, padding=padding,
-                         data_format=self.config.data_format)
+        if (self.fp32_small_weight_grads and self._positions(x, kernel_variable.shape[0], stride,
+                                                             padding) < BF16_FP32_WEIGHT_GRAD_BELOW):
+            y = self._conv_fp32_weight_grad(x, kernel_variable, stride, padding)
+        else:
+            y = tf.nn.conv2d(x, tf.cast(kernel_variable, self.compute_dtype), strides=stride,
+                             padding=padding, data_format=self.config.data_format)
         if bias:
             y = tf.nn.bias_add(y, tf.cast(self.variables_by_name[f"{scope}/bias"], self.compute_dtype),
                                data_format=self.config.data_format)
         return y
+
+    def _positions(self, x, kernel_size: int, stride: int, padding: str) -> int:
+        """Output positions per image of this conv (static shapes)."""
+        sizes = x.shape[1:3] if self.config.data_format == "NHWC" else x.shape[2:4]
+        if padding == "SAME":
+            return math.prod(-(-size // stride) for size in sizes)
+        return math.prod((size - kernel_size) // stride + 1 for size in sizes)
+
+    def _conv_fp32_weight_grad(self, x, kernel_variable, stride, padding):
+        """conv2d in the compute dtype whose kernel gradient is computed in fp32 (see
+        BF16_FP32_WEIGHT_GRAD_BELOW): same forward values, same input gradient."""
+        data_format = self.config.data_format
+        strides = [1, stride, stride, 1] if data_format == "NHWC" else [1, 1, stride, stride]
+        compute_dtype = self.compute_dtype
+
+        @tf.custom_gradient
+        def conv(inputs, kernel32):
+            kernel = tf.cast(kernel32, compute_dtype)
+            outputs = tf.nn.conv2d(inputs, kernel, strides=strides, padding=padding,
+                                   data_format=data_format)
+
+            def grad(upstream):
+                input_grad = tf.compat.v1.nn.conv2d_backprop_input(
+                    tf.shape(inputs), kernel, upstream, strides, padding, data_format=data_format)
+                kernel_grad = tf.compat.v1.nn.conv2d_backprop_filter(
+                    tf.cast(inputs, tf.float32), tf.shape(kernel32), tf.cast(upstream, tf.float32),
+                    strides, padding, data_format=data_format)
+                return input_grad, kernel_grad
+
+            return outputs, grad
+
+        return conv(x, tf.convert_to_tensor(kernel_variable))
 
     def _batch_norm(self, x, scope, training, relu):
         v = self.variables_by_name

@@ -203,3 +203,45 @@ def test_zero_init_residual_starts_every_unit_as_its_shortcut(variant, suffix):
                 "keras": "conv2_block1_0_conv/kernel"}[variant]
     model.variables_by_name[shortcut].assign(model.variables_by_name[shortcut] * 3.0)
     assert np.abs(model(IMAGES).numpy() - before).max() > 1e-3 * np.abs(before).max()
+
+
+def test_bf16_small_convs_take_their_weight_gradient_in_fp32():
+    # flowers_tl.model.BF16_FP32_WEIGHT_GRAD_BELOW: on a CPU, a bf16 conv whose output has
+    # fewer than 64 positions per image computes its kernel gradient in fp32. Forward values
+    # are the same ops (bitwise equal); gradients agree with the all-bf16 path within bf16's
+    # rounding, and the small layers' kernel gradients are at least as close to fp32's.
+    assert resnet_v1_50(3, seed=1).fp32_small_weight_grads is False  # fp32: nothing to do
+    reference = calibrated()
+    models = {}
+    for fp32_grads in (True, False):
+        model = resnet_v1_50(3, seed=1, precision="bf16")
+        copy_weights(reference, model)
+        model.fp32_small_weight_grads = fp32_grads
+        models[fp32_grads] = model
+    picked = []
+    original = models[True]._conv_fp32_weight_grad
+    models[True]._conv_fp32_weight_grad = lambda x, v, *a: picked.append(v.name) or original(x, v, *a)
+
+    def gradients(model):
+        with tf.GradientTape() as tape:
+            logits = model(tf.constant(IMAGES), training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(LABELS, logits))
+        names = [v.name for v in model.trainable_variables]
+        return logits.numpy(), dict(zip(names, tape.gradient(loss, model.trainable_variables)))
+
+    (logits_a, grads_a), (logits_b, grads_b) = gradients(models[True]), gradients(models[False])
+    _, grads_fp32 = gradients(reference)
+    np.testing.assert_array_equal(logits_a, logits_b)
+    # 64 px: block 2's strided last unit from its conv2 on (8x8 -> 4x4), blocks 3 (4x4) and
+    # 4 (2x2) with their projection shortcuts (the logits are a matmul)
+    expected = {f"resnet_v1_50/block2/unit_4/bottleneck_v1/conv{i}/weights:0" for i in (2, 3)}
+    expected |= {v.name for v in reference.trainable_variables if v.name.endswith("weights:0")
+                 and any(f"/{b}/" in v.name for b in ("block3", "block4"))}
+    assert set(picked) == expected and len(expected) == 2 + 19 + 10
+    for name, grad in grads_a.items():
+        grad, other, exact = (g.numpy().astype(np.float64) for g in
+                              (grad, grads_b[name], grads_fp32[name]))
+        scale = np.abs(exact).max() + 1e-12
+        assert np.abs(grad - other).max() <= 5e-2 * scale, name
+        if name in picked:
+            assert np.abs(grad - exact).max() <= np.abs(other - exact).max() * 1.01 + 1e-6 * scale, name
