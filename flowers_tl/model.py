@@ -20,8 +20,8 @@ Knobs: data_format NHWC or NCHW (NCHW needs a GPU or XLA: TensorFlow's CPU Conv2
 fused batch norm (FusedBatchNormV3) or the same arithmetic as separate ops; precision fp32, or
 mixed fp16/bf16 (fp32 master variables cast to the compute type per step; BN statistics, logits
 and loss in fp32; bf16 on a CPU takes the small late convolutions' weight gradients in fp32,
-see BF16_FP32_WEIGHT_GRAD_BELOW); frozen BN (inference-mode BN while fine-tuning, the usual fine-tuning trap:
-which mode a run used is part of its config). The model takes uint8 (or float) RGB NHWC 0-255
+see BF16_FP32_WEIGHT_GRAD_BELOW); frozen BN (inference-mode BN while fine-tuning, the usual
+fine-tuning trap: which mode a run used is part of its config). The model takes uint8 (or float) RGB NHWC 0-255
 images exactly as the reader emits them and does the cast, mean subtraction and NCHW transpose
 itself, on the device.
 """
