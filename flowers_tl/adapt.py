@@ -20,6 +20,10 @@ the run's note, printed at the top of every run:
   given, with a longer warm-up when they grow, so 1, 4 and 8 devices train alike;
 - batch-norm momentum from the number of steps, so the moving averages have forgotten their
   start well before the end (the checkpoint's 0.997 only for runs of thousands of steps);
+- bf16 on a CPU with AMX-BF16 matrix units (no GPU, no XLA, no fp16 loss scale asked for):
+  there bf16 trains faster than fp32 (Intel Xeon with AMX, 2 cores: 1.33x at 64 px batch 32,
+  1.46x in the digits sweep, the same epoch to 95% held-out); fp32 on every other CPU (AVX2 or
+  AVX512-BF16 only: not measured faster) and on GPUs;
 - the clock on held-out accuracy unless there is no held-out split.
 """
 from __future__ import annotations
@@ -28,6 +32,8 @@ import json
 import math
 import os
 from typing import Any
+
+from flowers_tl import env
 
 RECIPE_SCHEDULE = "10:0.01,20:0.001"  # MoXing's, for a global batch of RECIPE_BATCH
 RECIPE_BATCH = 64
@@ -131,6 +137,11 @@ def adapt(values: dict[str, Any], chosen: set[str]) -> list[str]:
                           f"{steps} steps: the moving averages keep {momentum ** steps:.0e} of "
                           f"their start at the end (0.997 would keep "
                           f"{0.997 ** steps:.0%})")
+    if (free("precision") and free("loss_scale") and not values.get("num_gpus")
+            and not get("xla") and env.cpu_features().get("amx_bf16")):
+        set_value("precision", "bf16", "this CPU has AMX-BF16 matrix units and no GPU is used: "
+                  "bf16 (fp32 master weights) trains faster than fp32 there (--precision fp32 "
+                  "keeps fp32)")
     if free("target_metric") and get("val_fraction") == 0:
         set_value("target_metric", "train", "no held-out split (--val_fraction 0)")
     return reasons

@@ -109,7 +109,9 @@ def gpu_count() -> int:
 
 
 def cpu_features() -> dict[str, bool]:
-    """Which of CPU_FEATURES /proc/cpuinfo lists for this CPU ({} where it cannot be read)."""
+    """Which of CPU_FEATURES /proc/cpuinfo lists for this CPU ({} where it cannot be read).
+    Flags named in $FLOWERS_TL_IGNORE_CPU_FLAGS (comma-separated, e.g. `amx_bf16`) count as
+    absent: to run, and test, what a CPU without them would get."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
             text = cpuinfo.read()
@@ -120,6 +122,7 @@ def cpu_features() -> dict[str, bool]:
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):  # x86, ARM
             flags.update(value.split())
+    flags -= set(os.environ.get("FLOWERS_TL_IGNORE_CPU_FLAGS", "").replace(",", " ").split())
     return {feature: feature in flags for feature in CPU_FEATURES} if flags else {}
 
 

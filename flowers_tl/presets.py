@@ -109,7 +109,8 @@ CPU = Preset(
     name="cpu",
     doc="""The default: `python -m bench.sweep` (= `--preset cpu`), on the built-in data.
     The CPU default run (preset cpu-default: 64 px, batch 32) against its knobs one at a time
-    -- XLA, NCHW under XLA, unfused batch norm, bf16, tf.data input -- 20 timed steps after 3
+    -- XLA, NCHW under XLA, unfused batch norm, fp32 and bf16 (one of them is the default: bf16
+    on a CPU with AMX-BF16, fp32 elsewhere), tf.data input -- 20 timed steps after 3
     warm-up steps per cell, every cell twice in interleaved order, the Keras-fit anchor, reader
     threads 1..cores; then the time to the default's target (on its --target_metric) of the
     default configuration, of the fastest cell when that is another (bf16 where it wins:
@@ -121,7 +122,7 @@ CPU = Preset(
     checkpoints (cached in ~/.cache/flowers_tl, with progress lines). Published runs:
     results/published/*-sweep-cpu/ (README.md's sweep table).""",
     sweep=SweepPlan(matrices=({"data_format": ["NHWC", "NCHW"], "xla": [False, True]},
-                              {"batch_norm_fused": [False]}, {"precision": ["bf16"]}),
+                              {"batch_norm_fused": [False]}, {"precision": ["fp32", "bf16"]}),
                     warmup_steps=3, timed_steps=20, rounds=2, cell_budget_sec=180,
                     time_to_target=("default", "fastest"), ttt_budget_sec=660))
 

@@ -146,3 +146,26 @@ def test_a_held_out_split_too_small_for_the_target_says_so():
                     "moves in steps of 2.2%; about 200 images allow 10 mistakes)")
     train_clock = resolve({"checkpoint_url": "none", "target_metric": "train"}, gpus_available=0)
     assert split_warnings(train_clock, 46) == []
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_bf16_by_default_only_on_a_cpu_with_amx(tmp_path, monkeypatch, amx):
+    import flowers_tl.env
+    monkeypatch.setattr(flowers_tl.env, "cpu_features",
+                        lambda: {"avx512f": True, "avx512_bf16": True, "amx_bf16": amx})
+    data = folder_of(tmp_path / "d")
+    config = resolve({"data_url": data, "checkpoint_url": "none"}, gpus_available=0)
+    assert config.model.precision == ("bf16" if amx else "fp32")
+    said = reasons(config)
+    if amx:
+        assert said["precision"].startswith("precision=bf16: this CPU has AMX-BF16 matrix units")
+    else:
+        assert "precision" not in said
+    for given in ({"precision": "fp32"}, {"precision": "fp16"}, {"xla": True},
+                  {"precision": "fp16", "loss_scale": "1024"}):
+        config = resolve({"data_url": data, "checkpoint_url": "none", **given}, gpus_available=0)
+        assert config.model.precision == given.get("precision", "fp32")
+        assert "precision" not in reasons(config)
+    on_gpu = resolve({"data_url": data, "checkpoint_url": "none", "num_gpus": 1,
+                      "data_format": "NHWC"}, gpus_available=1)
+    assert on_gpu.model.precision == "fp32"

@@ -74,7 +74,8 @@ def test_describe_environment_is_flat_and_best_effort(monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("lscpu") is None, reason="needs lscpu")
-def test_cpu_features_and_model_agree_with_lscpu():
+def test_cpu_features_and_model_agree_with_lscpu(monkeypatch):
+    monkeypatch.delenv("FLOWERS_TL_IGNORE_CPU_FLAGS")
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"))
     fields = dict(line.split(":", 1) for line in lscpu.stdout.splitlines() if ":" in line)
     flags = set(fields.get("Flags", "").split())
@@ -82,6 +83,10 @@ def test_cpu_features_and_model_agree_with_lscpu():
         pytest.skip("lscpu lists no flags here")
     assert env.cpu_features() == {name: name in flags for name in env.CPU_FEATURES}
     assert env.describe_environment()["cpu_model"] == fields["Model name"].strip()
+    present = sorted(name for name in env.CPU_FEATURES if name in flags)
+    monkeypatch.setenv("FLOWERS_TL_IGNORE_CPU_FLAGS", ",".join(present[:2]))
+    assert env.cpu_features() == {name: name in flags and name not in present[:2]
+                                  for name in env.CPU_FEATURES}
 
 
 def test_cpu_slug_is_a_folder_name_with_the_core_count():
@@ -178,7 +183,8 @@ def test_arithmetic_note_from_fake_cpu_features(features, precision, expected):
         assert "converts to fp32 and back" in note
 
 
-def test_arithmetic_note_is_silent_on_gpus_and_follows_lscpu_on_this_cpu():
+def test_arithmetic_note_is_silent_on_gpus_and_follows_lscpu_on_this_cpu(monkeypatch):
+    monkeypatch.delenv("FLOWERS_TL_IGNORE_CPU_FLAGS")
     assert env.arithmetic_note("bf16", X86_AVX2, gpus=1) is None
     output = subprocess.run(["lscpu"], capture_output=True, text=True).stdout \
         if shutil.which("lscpu") else ""
