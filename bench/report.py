@@ -65,7 +65,8 @@ def choose_tuned(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str
     """(the winning row, why it won). With time-to-target runs that reached their target, in two
     steps: the arithmetic is that of the run first to the target (first_to_target: the default's
     on a tie), and the configuration the fastest cell of that arithmetic (cells differing only
-    in SPEED_ONLY_KNOBS share a run; tie_rule: the default, else the run's own cell, on a tie).
+    in SPEED_ONLY_KNOBS share a run; tie_rule: the default, else the run's own cell, on a tie),
+    leaving out cells whose own time-to-target run was slower to the target.
     Without such runs: the fastest cell, after the tie rule."""
     timed = timed_rows(rows)
     ttt = time_to_target_rows(rows)
@@ -82,8 +83,11 @@ def choose_tuned(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str
         return tie_rule(timed, "the fastest cell", lambda row: "no time-to-target run reached "
                         "its target within its budget")
     run, first = first_to_target(reached, timed)
-    candidates = [row for row in timed
-                  if same_arithmetic(row["production_config"], run["production_config"])]
+    # A cell with its own time-to-target run that was not the first there lost on the clock
+    # itself: its images/sec does not bring it back.
+    lost = {row["cell"] for row in ttt if row["cell"] != run["cell"]}
+    candidates = [row for row in timed if row["cell"] not in lost
+                  and same_arithmetic(row["production_config"], run["production_config"])]
     own = next((row for row in candidates if row["cell"] == run["cell"]), None)
 
     def how(row: dict[str, Any]) -> str:

@@ -122,6 +122,18 @@ def test_tuned_is_the_configuration_first_to_the_held_out_target():
     assert winner["cell"] == "default" and "others" not in why
 
 
+def test_a_faster_cell_whose_own_run_was_slower_to_the_target_is_not_tuned():
+    """The 2026-12-03 digits sweep: the tf.data twin had the higher images/sec but its own
+    run reached the target 16 s after the default's, so the default is tuned."""
+    rows = [_timed("default", 85.5, 84.2, 86.9, default=True),
+            _timed("tfdata", 103.8, 102.2, 105.5),
+            _run("default", 102.0, 115, default=True), _run("tfdata", 118.0, 138)]
+    winner, why = report.choose_tuned(rows)
+    assert winner["cell"] == "default" and "by its own time-to-target run" in why
+    rows.pop()  # without its own run, the faster cell of the same arithmetic wins as before
+    assert report.choose_tuned(rows)[0]["cell"] == "tfdata"
+
+
 def test_the_default_ties_with_a_run_of_the_same_steps_and_overlapping_rates():
     rows = [_timed("default", 40.0, 39.0, 41.0, default=True),
             _timed("bf16", 40.8, 40.5, 41.1, precision="bf16"),
