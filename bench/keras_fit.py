@@ -229,6 +229,7 @@ def time_to_target(settings_path: str, train_url: str) -> int:
     keras, tf, strategy = setup(config.model.precision, train_cfg.seed, train_cfg.num_gpus)
     from flowers_tl.data import list_folder, split
     from flowers_tl.evaluation import split_warnings
+    from flowers_tl.step import random_grayscale_images
     from flowers_tl.tfdata import make_dataset
     from flowers_tl.train import learning_rate_at_step
 
@@ -266,10 +267,20 @@ def time_to_target(settings_path: str, train_url: str) -> int:
         return preprocess(tf.cast(images, tf.float32)), \
             (tf.one_hot(labels, classes) if smoothing else labels)
 
+    grayscale = train_cfg.random_grayscale
+
+    def prepare_train(index, batch):  # our step's grayscale lever, drawn per batch here
+        images, labels = batch
+        if grayscale:
+            images = random_grayscale_images(images, grayscale, tf.stack(
+                [tf.constant(train_cfg.seed, tf.int64), index]))
+        return prepare(images, labels)
+
     train_data = make_dataset(
         list(train_set.files), list(train_set.labels), global_batch, size, training=True,
         num_threads=config.reader.reader_threads, seed=train_cfg.seed, drop_remainder=True,
-        area_range=(config.reader.crop_area_min, 1.0)).map(prepare, tf.data.AUTOTUNE)
+        area_range=(config.reader.crop_area_min, 1.0)).enumerate().map(prepare_train,
+                                                                        tf.data.AUTOTUNE)
     val_data = make_dataset(
         list(val_set.files), list(val_set.labels), train_cfg.batch_size, size, training=False,
         num_threads=config.reader.reader_threads, repeat=False).map(

@@ -115,6 +115,8 @@ class TrainConfig:
     lr_reference_batch: int | None = knob(None, "global batch the schedule's rates are for "
                                                 "(linear scaling); none: 64, the recipe's")
     label_smoothing: float = knob(0.0, "targets (1 - s) on the label, s spread over all classes")
+    random_grayscale: float = knob(0.0, "each training image turned grayscale (its JPEG luma in "
+                                        "all three channels) with this probability")
     classifier_lr_multiplier: float = knob(1.0, "learning rate x this for the new classifier (the "
                                                 "variables --checkpoint_exclude_patterns names: "
                                                 "the logits layer), also from scratch")
@@ -474,6 +476,8 @@ def check(config: RunConfig, gpus_available: int) -> None:
         fail(f"--eval_every_epochs {train.eval_every_epochs}: must be >= 1")
     if not 0 <= train.label_smoothing < 1:
         fail(f"--label_smoothing {train.label_smoothing}: must be in [0, 1)")
+    if not 0 <= train.random_grayscale <= 1:
+        fail(f"--random_grayscale {train.random_grayscale}: must be in [0, 1]")
     if not 0 < train.classifier_lr_multiplier < float("inf"):
         fail(f"--classifier_lr_multiplier {train.classifier_lr_multiplier}: must be a finite "
              "number > 0")

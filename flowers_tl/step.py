@@ -229,10 +229,26 @@ class WeightAverage(tf.Module):
 
 
 # ------------------------------------------------------------------------------------ the step
+# ITU-R BT.601 luma, what a grayscale JPEG's single channel holds (libjpeg's RGB -> Y).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def random_grayscale_images(images, probability: float, seed):
+    """uint8 RGB [B, H, W, 3] with each image, independently with `probability` (draws from
+    the stateless `seed`, shape [2]), replaced by round(luma) in all three channels: what the
+    model sees of a grayscale photo (the reader expands a one-channel JPEG the same way)."""
+    pixels = tf.cast(images, tf.float32)
+    luma = tf.round(tf.tensordot(pixels, tf.constant(LUMA_WEIGHTS, tf.float32), [[3], [0]]))
+    gray = tf.repeat(luma[..., None], 3, axis=-1)
+    chosen = tf.random.stateless_uniform([tf.shape(images)[0]], seed) < probability
+    return tf.cast(tf.where(chosen[:, None, None, None], gray, pixels), images.dtype)
+
+
 def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strategy | None = None,
                     global_batch_size: int | None = None, loss_scale: LossScale | None = None,
                     jit_compile: bool | None = None, label_smoothing: float = 0.0,
-                    weight_average: WeightAverage | None = None) -> Callable[..., dict]:
+                    weight_average: WeightAverage | None = None, random_grayscale: float = 0.0,
+                    seed: int = 0) -> Callable[..., dict]:
     """`step(images, labels) -> {"loss", "cross_entropy", "accuracy", "finite"}` (fp32 scalars
     summed over replicas; accuracy of the batch before the update).
 
@@ -242,6 +258,9 @@ def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strat
     by MomentumSGD.rule. A step with non-finite gradients changes nothing but the loss scale
     (dynamic) and says so in "finite". loss = mean cross-entropy + the model's weight decay;
     with `label_smoothing` s the target puts 1 - s on the label and s / classes everywhere.
+    With `random_grayscale` p each image is first replaced by its grayscale version with
+    probability p (random_grayscale_images; the draw depends on `seed`, the replica and the
+    optimizer's update count, so a resumed run draws what an uninterrupted one would).
     Each variable's learning rate is MomentumSGD.learning_rate_for's (the classifier's
     multiplier); with `weight_average` its shadows are updated after every applied update.
     images/labels: per-replica values (distribute_batch), or plain tensors on one device.
@@ -264,6 +283,11 @@ def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strat
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
     def compute(images, labels, global_batch):
         labels = tf.cast(labels, tf.int32)
+        if random_grayscale:
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            images = random_grayscale_images(images, random_grayscale, tf.stack([
+                tf.cast(seed, tf.int64) * 1024 + tf.cast(replica, tf.int64),
+                tf.cast(optimizer.iterations, tf.int64)]))
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
             if label_smoothing:

@@ -378,7 +378,9 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
         def build_step():  # one per training image size: each traces at its own fixed shape
             return make_train_step(model, optimizer, strategy, global_batch, loss_scale,
                                    label_smoothing=train_cfg.label_smoothing,
-                                   weight_average=weight_average)
+                                   weight_average=weight_average,
+                                   random_grayscale=train_cfg.random_grayscale,
+                                   seed=train_cfg.seed)
         step_fns = {size: build_step() for _, size in phases}
 
     # ---- evaluation model: the trained one, or a copy that takes the weight average

@@ -72,6 +72,66 @@ def test_label_smoothing_changes_the_loss_as_its_formula_says_and_nothing_else(s
     np.testing.assert_array_equal(model.kernel.numpy(), weights)  # learning rate 0
 
 
+def _photos(count=16, size=8, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def test_random_grayscale_turns_the_chosen_images_into_pil_luma_and_leaves_the_rest():
+    from PIL import Image
+
+    from flowers_tl.step import random_grayscale_images
+    images = _photos()
+    seed = tf.constant([3, 7], tf.int64)
+    assert np.array_equal(random_grayscale_images(tf.constant(images), 0.0, seed).numpy(), images)
+    gray = random_grayscale_images(tf.constant(images), 1.0, seed).numpy()
+    # PIL's "L" conversion (ITU-R 601 luma), an independent implementation; rounding differs
+    # by at most one level.
+    reference = np.stack([np.asarray(Image.fromarray(image).convert("L")) for image in images])
+    assert gray.dtype == np.uint8 and np.abs(gray[..., 0].astype(int) - reference).max() <= 1
+    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 0], gray[..., 2])
+    half = random_grayscale_images(tf.constant(_photos(200)), 0.5, seed).numpy()
+    chosen = np.all(half[..., 0] == half[..., 1], axis=(1, 2)) & \
+        np.all(half[..., 1] == half[..., 2], axis=(1, 2))
+    assert 70 <= chosen.sum() <= 130  # Binomial(200, 0.5): 6 standard deviations
+    assert np.array_equal(half[~chosen], _photos(200)[~chosen])  # the others untouched
+    again = random_grayscale_images(tf.constant(_photos(200)), 0.5, seed).numpy()
+    other = random_grayscale_images(tf.constant(_photos(200)), 0.5, seed + 1).numpy()
+    assert np.array_equal(half, again) and not np.array_equal(half, other)
+
+
+class MeanColour(tf.Module):
+    """logits = (per-channel image mean) W: a model that sees colour."""
+
+    def __init__(self, weights):
+        super().__init__(name="mean_colour")
+        self.config = types.SimpleNamespace(xla=False)
+        self.kernel = tf.Variable(weights, name="kernel")
+
+    def __call__(self, images, training=False):
+        return tf.matmul(tf.reduce_mean(tf.cast(images, tf.float32), [1, 2]), self.kernel)
+
+    def weight_decay_loss(self):
+        return tf.constant(0.0)
+
+
+def test_the_step_with_random_grayscale_1_trains_on_the_grayscale_images():
+    from flowers_tl.step import random_grayscale_images
+    images = _photos(6)
+    labels = tf.constant([0, 1, 2, 0, 1, 2], tf.int32)
+    weights = np.random.default_rng(1).normal(size=(3, 3)).astype(np.float32) / 100
+    gray = random_grayscale_images(tf.constant(images), 1.0, tf.constant([0, 0], tf.int64))
+    with_lever = make_train_step(MeanColour(weights), MomentumSGD(0.0), random_grayscale=1.0)
+    plain = make_train_step(MeanColour(weights), MomentumSGD(0.0))
+    lever = with_lever(tf.constant(images), labels)
+    assert float(lever["cross_entropy"]) == pytest.approx(
+        float(plain(gray, labels)["cross_entropy"]), rel=1e-6)
+    assert float(lever["cross_entropy"]) != pytest.approx(
+        float(plain(tf.constant(images), labels)["cross_entropy"]), rel=1e-6)
+    off = make_train_step(MeanColour(weights), MomentumSGD(0.0), random_grayscale=0.0)
+    assert float(off(tf.constant(images), labels)["cross_entropy"]) == pytest.approx(
+        float(plain(tf.constant(images), labels)["cross_entropy"]), rel=1e-7)
+
+
 # ====================================================================== the new levers' knobs
 # Progressive resizing, evaluation size (FixRes), the classifier's rate, the weight average:
 # each parsed and checked with a one-line error naming the flag, off by default, shown in the
@@ -94,6 +154,8 @@ LEVER_ERRORS = [
      "--classifier_lr_multiplier inf: must be a finite number > 0"),
     ({"ema_decay": 1.0}, "--ema_decay 1.0: must be in [0, 1) (none or 0: off)"),
     ({"ema_decay": -0.5}, "--ema_decay -0.5: must be in [0, 1) (none or 0: off)"),
+    ({"random_grayscale": 1.5}, "--random_grayscale 1.5: must be in [0, 1]"),
+    ({"random_grayscale": -0.1}, "--random_grayscale -0.1: must be in [0, 1]"),
 ]
 
 
@@ -111,6 +173,7 @@ def test_the_new_levers_are_off_by_default_parsed_from_flags_and_printed():
             defaults.train.classifier_lr_multiplier, defaults.train.ema_decay) == \
         (None, None, 1.0, None)
     assert defaults.reader.eval_size == defaults.reader.image_size
+    assert defaults.train.random_grayscale == 0.0
     given, _ = config_lib.parse_args(
         ["--image_size", "96", "--progressive_min_size", "64", "--progressive_until", "0.5",
          "--eval_image_size", "128", "--classifier_lr_multiplier", "10", "--ema_decay", "0.999"])
