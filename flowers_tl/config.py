@@ -92,7 +92,8 @@ class ModelConfig:
     data_format: str | None = knob(None, "NHWC or NCHW; none: NCHW on GPUs, NHWC on a CPU")
     batch_norm_fused: bool = knob(True, "FusedBatchNormV3, or the same arithmetic as plain ops")
     precision: str = knob("fp32", "fp32, fp16 (mixed, fp32 master weights) or bf16 (mixed); "
-                          "unset: bf16 on a CPU with AMX-BF16 and no GPU, else fp32")
+                          "unset: bf16 on a CPU with AMX-BF16 or AVX512-BF16 and no GPU, "
+                          "else fp32")
     xla: bool = knob(False, "compile the forward and backward pass with XLA")
     freeze_batch_norm: bool = knob(False, "batch norm in inference mode while fine-tuning")
     batch_norm_momentum: float = knob(0.997, "moving-average momentum (the checkpoint's 0.997; "

@@ -96,9 +96,10 @@ def calibrate_batch_norm(model, images):
 
 @pytest.fixture(autouse=True, scope="session")
 def fp32_unless_asked():
-    """Every run a test starts, in process or not, sees a CPU without AMX-BF16, so a default run
-    is fp32 on every CI machine (flowers_tl.adapt picks bf16 on AMX CPUs; the tests of that
-    rule patch cpu_features themselves). Session scope: before module-scoped runs too."""
+    """Every run a test starts, in process or not, sees a CPU without bf16 units (AMX-BF16,
+    AVX512-BF16), so a default run is fp32 on every CI machine (flowers_tl.adapt picks bf16 on
+    CPUs with them; the tests of that rule patch cpu_features themselves). Session scope: before
+    module-scoped runs too."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FLOWERS_TL_IGNORE_CPU_FLAGS", "amx_bf16")
+        patch.setenv("FLOWERS_TL_IGNORE_CPU_FLAGS", "amx_bf16,avx512_bf16")
         yield

@@ -148,17 +148,24 @@ def test_a_held_out_split_too_small_for_the_target_says_so():
     assert split_warnings(train_clock, 46) == []
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_bf16_by_default_only_on_a_cpu_with_amx(tmp_path, monkeypatch, amx):
+@pytest.mark.parametrize("avx512_bf16,amx,expected", [
+    (True, True, "precision=bf16: this CPU has AMX-BF16 matrix units and AVX512-BF16 "
+                 "instructions and no GPU is used"),
+    (True, False, "precision=bf16: this CPU has AVX512-BF16 instructions and no GPU is used"),
+    (False, False, None),  # AVX2 / plain AVX-512: fp32
+])
+def test_bf16_by_default_only_on_a_cpu_with_bf16_units(tmp_path, monkeypatch, avx512_bf16, amx,
+                                                       expected):
     import flowers_tl.env
     monkeypatch.setattr(flowers_tl.env, "cpu_features",
-                        lambda: {"avx512f": True, "avx512_bf16": True, "amx_bf16": amx})
+                        lambda: {"avx2": True, "avx512f": True, "avx512_bf16": avx512_bf16,
+                                 "amx_bf16": amx})
     data = folder_of(tmp_path / "d")
     config = resolve({"data_url": data, "checkpoint_url": "none"}, gpus_available=0)
-    assert config.model.precision == ("bf16" if amx else "fp32")
+    assert config.model.precision == ("bf16" if expected else "fp32")
     said = reasons(config)
-    if amx:
-        assert said["precision"].startswith("precision=bf16: this CPU has AMX-BF16 matrix units")
+    if expected:
+        assert said["precision"].startswith(expected)
     else:
         assert "precision" not in said
     for given in ({"precision": "fp32"}, {"precision": "fp16"}, {"xla": True},
