@@ -322,8 +322,10 @@ def resolve(given: dict[str, Any], config_file: str | None = None,
     num_gpus = gpus_available if num_gpus is None else num_gpus
     values: dict[str, Any] = {}
     notes = []
+    adaptable: set[str] = set()  # set by a preset as a base that the rules below still fit
     for preset in presets.applying(explicit, num_gpus):
         chosen = {k: v for k, v in preset.overrides.items() if knob_name(k) not in explicit}
+        adaptable |= {knob_name(k) for k in chosen if knob_name(k) in preset.adaptable}
         values.update(flatten(chosen, f"preset {preset.name}"))
         if chosen:
             notes.append(f"{preset.summary}: " + ", ".join(
@@ -332,7 +334,7 @@ def resolve(given: dict[str, Any], config_file: str | None = None,
     values["num_gpus"] = num_gpus
     from flowers_tl.adapt import adapt
     try:
-        reasons = adapt(values, set(values) - {"num_gpus"})
+        reasons = adapt(values, set(values) - {"num_gpus"} - adaptable)
     except ConfigError:
         reasons = []  # a bad schedule or number: `check` below names it
     notes += reasons

@@ -138,6 +138,22 @@ def test_presets_win_over_the_rules():
     assert (config.data.per_class, config.data.val_fraction) == (400, 0.2)
 
 
+def test_the_cpu_presets_schedule_follows_the_epochs_and_the_batch_given():
+    # The preset's schedule is a base, like the recipe's: `--epochs 24` on the built-in run used
+    # to keep "8:0.02", so 16 of its 24 epochs ran at a learning rate of 0.
+    longer = resolve({"epochs": 24}, gpus_available=0)
+    assert longer.train.lr_schedule == "24:0.02"
+    assert reasons(longer)["lr_schedule"] == ("lr_schedule=24:0.02: rates scaled x0.5 from "
+                                              "global batch 64 to 32 (linear scaling rule)")
+    assert "lr_schedule=24:0.04: the schedule stretched from 8 to the run's 24 epochs" in \
+        longer.run.note
+    assert resolve({"batch_size": 64}, gpus_available=0).train.lr_schedule == "8:0.04"
+    assert resolve({"lr_schedule": "8:0.03"}, gpus_available=0).train.lr_schedule == "8:0.03"
+    # Every other preset value still wins over the rules (the batch-norm momentum rule would
+    # pick another value for 24 epochs).
+    assert longer.model.batch_norm_momentum == 0.9 and longer.reader.crop_area_min == 0.5
+
+
 def test_a_held_out_split_too_small_for_the_target_says_so():
     config = resolve({"checkpoint_url": "none", "target_metric": "val"}, gpus_available=0)
     assert split_warnings(config, 250) == []
