@@ -15,9 +15,10 @@ sleeps. The first step of each block is not timed (the switch).
 
 Inputs: `synthetic` (one in-memory random batch, what flowers_tl.train --input synthetic feeds),
 `cxx` (the C++ reader, as --input cxx), `cxx-cache` (its decoded-image cache in memory, as
---input cxx-cache), `tfdata` (flowers_tl.tfdata, as --input tfdata). Rows: each input's img/s (total images over total timed seconds), its share of
-synthetic's (when synthetic is in the run) overall and per round, with the rounds' spread; plus
-the CPU model and the environment (flowers_tl.env).
+--input cxx-cache), `tfdata` (flowers_tl.tfdata, as --input tfdata). Rows: each input's img/s
+(total images over total timed seconds), its share of synthetic's (when synthetic is in the
+run) overall and per round, with the rounds' spread; plus the CPU model and the environment
+(flowers_tl.env).
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ from flowers_tl.results import append_row, parse_list
 INPUTS = ("synthetic", "cxx", "cxx-cache", "tfdata")
 
 
-def open_inputs(names: Sequence[str], files: list[str], labels: list[int], args: argparse.Namespace,
-                stack: contextlib.ExitStack) -> dict[str, Iterator]:
+def open_inputs(names: Sequence[str], files: list[str], labels: list[int],
+                args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Iterator]:
     """name -> endless iterator of (uint8 images NHWC, int32 labels) numpy batches."""
     area_range = (args.crop_area_min, 1.0)
     inputs: dict[str, Iterator] = {}
@@ -65,7 +66,8 @@ def open_inputs(names: Sequence[str], files: list[str], labels: list[int], args:
     return inputs
 
 
-def build_step(args: argparse.Namespace, num_classes: int) -> Callable[[np.ndarray, np.ndarray], float]:
+def build_step(args: argparse.Namespace, num_classes: int
+               ) -> Callable[[np.ndarray, np.ndarray], float]:
     """The trainer's step on one CPU device; returns a function that runs one step and waits."""
     from flowers_tl.config import ModelConfig
     from flowers_tl.model import ResNet50
@@ -73,8 +75,8 @@ def build_step(args: argparse.Namespace, num_classes: int) -> Callable[[np.ndarr
 
     strategy = make_strategy(0)
     with strategy.scope():
-        model = ResNet50(ModelConfig(data_format="NHWC", precision=args.precision), num_classes=num_classes,
-                         seed=args.seed)
+        model = ResNet50(ModelConfig(data_format="NHWC", precision=args.precision),
+                         num_classes=num_classes, seed=args.seed)
         optimizer = MomentumSGD(0.01, momentum=0.9)
         step = make_train_step(model, optimizer, strategy, args.batch_size)
 
@@ -127,7 +129,8 @@ def summarise(seconds: dict[str, list[list[float]]], batch_size: int) -> list[di
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| input | img/s | vs synthetic | ± stderr | rounds' range |", "|---|---|---|---|---|"]
+    lines = ["| input | img/s | vs synthetic | ± stderr | rounds' range |",
+             "|---|---|---|---|---|"]
     for row in rows:
         if "vs_synthetic" in row:
             stderr = row["vs_synthetic_stderr"]
@@ -147,13 +150,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inputs", type=parse_list(str, INPUTS), default=list(INPUTS))
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="the step's arithmetic; default: what flowers_tl.train picks on "
+                             "this machine (bf16 on a CPU with bf16 units)")
     parser.add_argument("--threads", type=int, default=None,
                         help="decode threads of cxx*/tfdata; default: every usable core")
     parser.add_argument("--crop_area_min", type=float, default=geometry.TRAIN_AREA_RANGE[0])
     parser.add_argument("--block", type=int, default=8, help="steps per turn (the first untimed)")
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per input at the start")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed steps per input at the start")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="append rows to this JSONL file")
     args = parser.parse_args(argv)
@@ -173,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench.input_cost: {error}", file=sys.stderr)
         return 2
     files, labels = list(dataset.files), list(dataset.labels)
+    if args.precision is None:
+        from flowers_tl.config import resolve
+        # The precision rule looks at the CPU only; the checkpoint does not matter to it.
+        args.precision = resolve({"data_url": args.data_url, "checkpoint_url": "none"},
+                                 gpus_available=0).model.precision
     environment = describe_environment()
     with contextlib.ExitStack() as stack:
         inputs = open_inputs(args.inputs, files, labels, args, stack)

@@ -59,3 +59,5 @@ def test_every_input_feeds_the_trainers_step(small_dataset, tmp_path):
         assert row["timed_steps"] == 2 and row["rounds"] == 2 and row["images"] == len(files)
         assert row["images_per_sec"] > 0 and row["vs_synthetic"] > 0
         assert row["image_size"] == 32 and row["cpu_model"] == row["environment"]["cpu_model"]
+        # The trainer's default arithmetic: fp32 here, where conftest hides bf16 units.
+        assert row["precision"] == "fp32"
