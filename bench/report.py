@@ -88,9 +88,7 @@ def choose_tuned(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str
     # A cell with its own time-to-target run that was not the first there lost on the clock
     # itself: its images/sec does not bring it back.
     lost = {row["cell"] for row in ttt if row["cell"] != run["cell"]}
-    candidates = [row for row in timed if row["cell"] not in lost
-                  and same_arithmetic(row["production_config"], run["production_config"])]
-    own = next((row for row in candidates if row["cell"] == run["cell"]), None)
+    candidates, own = arithmetic_candidates(run, lost, timed)
 
     def how(row: dict[str, Any]) -> str:
         by = "its own time-to-target run" if run["cell"] == row["cell"] else \
@@ -100,6 +98,14 @@ def choose_tuned(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str
                 + (f"; {first}" if first else ""))
 
     return tie_rule(candidates, "the fastest cell that reached the target", how, keep=own)
+
+
+def arithmetic_candidates(run: dict[str, Any], lost: set[str], timed: list[dict[str, Any]]
+                          ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(the measured cells of `run`'s arithmetic, less the `lost` ones; run's own cell or None)."""
+    candidates = [row for row in timed if row["cell"] not in lost
+                  and same_arithmetic(row["production_config"], run["production_config"])]
+    return candidates, next((row for row in candidates if row["cell"] == run["cell"]), None)
 
 
 def closest_to_target(ttt: list[dict[str, Any]], timed: list[dict[str, Any]]
@@ -114,11 +120,9 @@ def closest_to_target(ttt: list[dict[str, Any]], timed: list[dict[str, Any]]
         return tie_rule(timed, "the fastest cell", lambda row: why)
     closest = max(scored, key=lambda row: row["best_accuracy"])
     lost = {row["cell"] for row in scored if row["best_accuracy"] < closest["best_accuracy"]}
-    candidates = [row for row in timed if row["cell"] not in lost
-                  and same_arithmetic(row["production_config"], closest["production_config"])]
+    candidates, own = arithmetic_candidates(closest, lost, timed)
     if not candidates:
         return tie_rule(timed, "the fastest cell", lambda row: why)
-    own = next((row for row in candidates if row["cell"] == closest["cell"]), None)
     others = ", ".join(f"{row['cell']} {row['best_accuracy']:.3f}" for row in scored
                        if row is not closest)
     return tie_rule(candidates, "the fastest cell", lambda row: (
