@@ -13,7 +13,7 @@ time_to_target: the same run as one of our time-to-target cells, from its resolv
   (flowers_tl.train.learning_rate_at_step: the schedule, its warm-up and shape, as a Keras
   LearningRateSchedule over a table), momentum, L2 weight decay on the conv and classifier
   kernels (ours: wd * sum(w^2) / 2), batch-norm momentum, zero-init residual branches, crop
-  range, label smoothing and frozen batch norm; from the same starting weights where the format
+  range, label smoothing, frozen batch norm and trainable scopes (Keras' layer.trainable); from the same starting weights where the format
   allows (a flowers_tl checkpoint of variant keras or a Keras HDF5 file, loaded layer by layer by
   name with the logits excluded; from scratch when ours is). What differs is Keras' own: its
   initialisers, its SGD (velocity = m v - lr g, ours TF1's accumulator: the same for a constant
@@ -216,6 +216,21 @@ def recipe_model(keras, config, classes: int, size: int):
                                                            keras.layers.Dense)):
             # ours adds wd * sum(w^2) / 2 over the conv and classifier kernels to the loss
             layer.kernel.regularizer = keras.regularizers.L2(model_cfg.weight_decay / 2)
+    from flowers_tl.config import parse_scopes
+
+    scopes = parse_scopes(config.train.trainable_scopes)
+    if scopes:
+        # Keras' idiom: a layer none of whose weights a scope matches is frozen (a frozen
+        # BatchNormalization then runs in inference mode; ours keeps learning its statistics).
+        trained = [layer for layer in model.layers if any(
+            re.match(scope, weight.path) for weight in layer.weights for scope in scopes)]
+        if not trained:
+            raise ValueError(f"--trainable_scopes {config.train.trainable_scopes}: matches no "
+                             "Keras weight (Keras names them as conv5_block1_1_conv/kernel, "
+                             "predictions/kernel)")
+        for layer in model.layers:
+            if layer.weights and layer not in trained:
+                layer.trainable = False
     return model
 
 

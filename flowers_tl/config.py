@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,13 @@ class TrainConfig:
     ema_decay: float | None = knob(None, "evaluate and export an exponential moving average of "
                                          "the weights with this decay (e.g. 0.999; warmed up as "
                                          "TF's num_updates); none or 0: off")
+    trainable_scopes: str | None = knob(None, "comma-separated scopes to train, each matched "
+                                              "from a variable name's start (TF-slim's "
+                                              "--trainable_scopes), e.g. "
+                                              "resnet_v1_50/block3,resnet_v1_50/block4,"
+                                              "resnet_v1_50/logits); the rest keep their "
+                                              "restored weights and get no backward pass (batch "
+                                              "norm still learns its statistics); none: all")
     warmup_epochs: float = knob(0, "learning rate ramps linearly from 0 over these epochs")
     momentum: float = knob(0.9, "TF1 MomentumOptimizer momentum")
     loss_scale: str | None = knob(None, "fp16 only: a number such as 1024, or dynamic (fp16's "
@@ -486,6 +494,15 @@ def check(config: RunConfig, gpus_available: int) -> None:
              "number > 0")
     if train.ema_decay is not None and not 0 <= train.ema_decay < 1:
         fail(f"--ema_decay {train.ema_decay}: must be in [0, 1) (none or 0: off)")
+    if train.trainable_scopes is not None:
+        if not parse_scopes(train.trainable_scopes):
+            fail(f"--trainable_scopes {train.trainable_scopes!r}: names no scope (none: train "
+                 "all)")
+        for scope in parse_scopes(train.trainable_scopes):
+            try:
+                re.compile(scope)
+            except re.error as error:
+                fail(f"--trainable_scopes {scope!r}: not a regular expression: {error}")
     if train.lr_schedule_shape not in SCHEDULE_SHAPES:
         fail(f"--lr_schedule_shape {train.lr_schedule_shape}: one of {SCHEDULE_SHAPES}")
     if train.lr_reference_batch is not None and train.lr_reference_batch < 1:
@@ -553,6 +570,11 @@ def check_reader_cache(reader: ReaderConfig) -> None:
             raise ConfigError(f"--cache_short_side {reader.cache_short_side}: must be >= "
                               f"--image_size {reader.image_size} (every crop would be "
                               "upsampled from the cache)")
+
+
+def parse_scopes(scopes: str | None) -> tuple[str, ...]:
+    """--trainable_scopes 'a, b,' -> ('a', 'b'); None -> () (train everything)."""
+    return tuple(item.strip() for item in (scopes or "").split(",") if item.strip())
 
 
 def parse_exclude_patterns(patterns) -> tuple[str, ...]:

@@ -87,7 +87,8 @@ BUILTIN_SOURCE = Preset(
                    per_class=None, label_smoothing=0.0, lr_reference_batch=None,
                    classifier_lr_multiplier=1.0, ema_decay=None, progressive_min_size=None,
                    eval_image_size=None, input="cxx", reader_cache=None, momentum=0.9,
-                   freeze_batch_norm=False, checkpoint_exclude_patterns=None),
+                   freeze_batch_norm=False, checkpoint_exclude_patterns=None,
+                   trainable_scopes=None),
     summary="built-in source task")
 
 

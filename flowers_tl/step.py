@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Iterable
+import re
+from typing import Callable, Iterable, Sequence
 
 import tensorflow as tf
 
@@ -73,6 +74,25 @@ def distribute_batch(strategy, images, labels, per_device: int):
 # ------------------------------------------------------------------------------------ optimizer
 def _base_name(variable: tf.Variable) -> str:
     return variable.name.rsplit(":", 1)[0]  # "a/b/weights:0" -> "a/b/weights"
+
+
+def trained_variables(model, scopes: Sequence[str] = ()) -> list[tf.Variable]:
+    """The variables a step trains, in the model's order: all trainable ones, or with `scopes`
+    (--trainable_scopes) those whose name a scope matches from its start, as TF-slim's
+    get_collection(scope=...) does: "resnet_v1_50/block4" takes "resnet_v1_50/block4/unit_1/...",
+    "conv5_" every variable of Keras' conv5 stage. A scope that matches no trainable variable
+    is a ValueError naming it and the model's top-level scopes."""
+    variables = list(model.trainable_variables)
+    if not scopes:
+        return variables
+    inside = lambda name, scope: re.match(scope, name) is not None
+    unmatched = [scope for scope in scopes
+                 if not any(inside(_base_name(v), scope) for v in variables)]
+    if unmatched:
+        tops = sorted({"/".join(_base_name(v).split("/")[:2]) for v in variables})
+        raise ValueError(f"--trainable_scopes: {', '.join(unmatched)} names no trainable "
+                         f"variable of this model (its scopes: {', '.join(tops)})")
+    return [v for v in variables if any(inside(_base_name(v), scope) for scope in scopes)]
 
 
 class MomentumSGD(tf.Module):
@@ -248,7 +268,7 @@ def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strat
                     global_batch_size: int | None = None, loss_scale: LossScale | None = None,
                     jit_compile: bool | None = None, label_smoothing: float = 0.0,
                     weight_average: WeightAverage | None = None, random_grayscale: float = 0.0,
-                    seed: int = 0) -> Callable[..., dict]:
+                    seed: int = 0, trainable_scopes: Sequence[str] = ()) -> Callable[..., dict]:
     """`step(images, labels) -> {"loss", "cross_entropy", "accuracy", "finite"}` (fp32 scalars
     summed over replicas; accuracy of the batch before the update).
 
@@ -263,6 +283,8 @@ def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strat
     optimizer's update count, so a resumed run draws what an uninterrupted one would).
     Each variable's learning rate is MomentumSGD.learning_rate_for's (the classifier's
     multiplier); with `weight_average` its shadows are updated after every applied update.
+    With `trainable_scopes` only trained_variables' choice is updated: the gradient tape asks
+    for no other, so the backward pass stops below the lowest trained layer.
     images/labels: per-replica values (distribute_batch), or plain tensors on one device.
     Without a strategy: the default one (one device); global_batch_size defaults to the
     batch's size times the replicas."""
@@ -272,7 +294,7 @@ def make_train_step(model, optimizer: MomentumSGD, strategy: tf.distribute.Strat
     elif model.config.xla != jit_compile:
         # The model's config records whether its caller compiles it (NCHW on a CPU relies on it).
         raise ValueError(f"model config says xla={model.config.xla} but jit_compile={jit_compile}")
-    variables = list(model.trainable_variables)  # fixed order for the whole run
+    variables = trained_variables(model, trainable_scopes)  # fixed order for the whole run
     slots = optimizer.build(variables)  # no variable creation inside the traced function
     unknown = set(optimizer.learning_rate_multipliers) - {_base_name(v) for v in variables}
     if unknown:

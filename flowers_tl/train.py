@@ -46,7 +46,8 @@ from flowers_tl.evaluation import evaluate, split_warnings  # noqa: E402, F401
 from flowers_tl.model import ResNet50, get_model_meta  # noqa: E402
 from flowers_tl.results import throughput_from_step_rows  # noqa: E402
 from flowers_tl.step import (LossScale, MomentumSGD, WeightAverage, distribute_batch,  # noqa: E402
-                             make_strategy, make_train_step, worker_index_and_count)
+                             make_strategy, make_train_step, trained_variables,
+                             worker_index_and_count)
 
 
 class TrainingStopped(RuntimeError):
@@ -158,9 +159,15 @@ def input_report(train_input: dict | None, val_bad_files: dict) -> dict:
     return report
 
 
-def lever_lines(config: config_lib.RunConfig, phases, classifier, weight_average) -> list[str]:
-    """What the recipe levers that are on do in this run, for the log."""
+def lever_lines(config: config_lib.RunConfig, phases, classifier, weight_average,
+                trained: tuple[int, int] | None = None) -> list[str]:
+    """What the recipe levers that are on do in this run, for the log. `trained`: (variables
+    trained, trainable variables of the model)."""
     lines = []
+    if config.train.trainable_scopes is not None and trained is not None:
+        lines.append(f"training {trained[0]} of the model's {trained[1]} trainable variables "
+                     f"(--trainable_scopes {config.train.trainable_scopes}); the others keep "
+                     "their restored weights (their batch norm still learns its statistics)")
     if len(phases) > 1:
         lines.append("progressive resizing: " + ", ".join(
             f"{size} px from step {first}" for first, size in phases))
@@ -361,8 +368,14 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
     phases = size_phases(config, steps_per_epoch)
     with strategy.scope():
         model = ResNet50(config.model, num_classes=classes, seed=train_cfg.seed)
+        scopes = config_lib.parse_scopes(train_cfg.trainable_scopes)
+        try:
+            trained = {v.name.rsplit(":", 1)[0] for v in trained_variables(model, scopes)}
+        except ValueError as error:
+            raise config_lib.ConfigError(str(error)) from None
+        # The new classifier's rate is multiplied only where it is trained.
         classifier = [name for name in excluded_names(model, exclude_patterns(config))
-                      if model.variables_by_name[name].trainable]
+                      if name in trained]
         multiplier = train_cfg.classifier_lr_multiplier
         optimizer = MomentumSGD(
             learning_rate_at_step(schedule, 0, steps_per_epoch, train_cfg.warmup_epochs,
@@ -380,7 +393,7 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
                                    label_smoothing=train_cfg.label_smoothing,
                                    weight_average=weight_average,
                                    random_grayscale=train_cfg.random_grayscale,
-                                   seed=train_cfg.seed)
+                                   seed=train_cfg.seed, trainable_scopes=scopes)
         step_fns = {size: build_step() for _, size in phases}
 
     # ---- evaluation model: the trained one, or a copy that takes the weight average
@@ -402,7 +415,8 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
     restore_lines = restore_or_start(config, tracked, manager, model, checkpoint_url,
                                      global_step, loss_scale, weight_average)
-    restore_lines += lever_lines(config, phases, classifier, weight_average)
+    restore_lines += lever_lines(config, phases, classifier, weight_average,
+                                 (len(trained), len(model.trainable_variables)))
 
     # ---- announce
     resolved = config_lib.with_overrides(config, {"train_url": train_url})

@@ -97,3 +97,17 @@ def test_the_recipe_knobs_reach_the_keras_model(our_keras_checkpoint):
                           3, SIZE)
     assert not any(layer.trainable for layer in frozen.layers
                    if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def test_trainable_scopes_freeze_the_other_keras_layers_and_slim_names_are_refused():
+    config = config_lib.with_overrides(config_lib.RunConfig(),
+                                       {"trainable_scopes": "conv5_,predictions"})
+    model = recipe_model(keras, config, 3, SIZE)
+    trained = {layer.name for layer in model.layers if layer.weights and layer.trainable}
+    assert "predictions" in trained and all(name.startswith(("conv5_", "predictions"))
+                                            for name in trained)
+    assert {weight.path.split("/")[0] for weight in model.trainable_weights} == trained
+    slim = config_lib.with_overrides(config, {"trainable_scopes": "resnet_v1_50/block4"})
+    with pytest.raises(ValueError, match="--trainable_scopes resnet_v1_50/block4: matches no "
+                                         "Keras weight"):
+        recipe_model(keras, slim, 3, SIZE)

@@ -362,6 +362,56 @@ def test_a_multiplier_for_a_variable_the_model_does_not_train_is_refused():
         make_train_step(TwoLayer(), optimizer)
 
 
+def test_trainable_scopes_train_only_their_variables_and_those_exactly_as_before():
+    images, labels = toy_batch()
+    moved = {}
+    for scopes in ((), ("logits",)):
+        model = TwoLayer()
+        before = {name: v.numpy() for name, v in model.variables_by_name.items()}
+        step = make_train_step(model, MomentumSGD(0.05, momentum=0.9), trainable_scopes=scopes)
+        step(images, labels)
+        moved[scopes] = {name: before[name] - v.numpy()
+                         for name, v in model.variables_by_name.items()}
+    frozen = moved[("logits",)]
+    np.testing.assert_array_equal(frozen["body/kernel"], 0)
+    assert np.abs(moved[()]["body/kernel"]).max() > 0
+    # The classifier's gradient does not depend on whether the body is trained (first step).
+    np.testing.assert_array_equal(frozen["logits/weights"], moved[()]["logits/weights"])
+    # Batch-norm-like statistics still follow the data, as in TF-slim.
+    np.testing.assert_array_equal(frozen["body/moving_mean"], moved[()]["body/moving_mean"])
+    assert np.abs(frozen["body/moving_mean"]).max() > 0
+
+
+def test_trainable_scopes_match_from_the_name_start_and_name_what_they_miss():
+    from flowers_tl.model import resnet_v1_50
+    from flowers_tl.step import trained_variables
+
+    model = resnet_v1_50(5)
+    chosen = trained_variables(model, ("resnet_v1_50/block4", "resnet_v1_50/logits"))
+    names = [v.name for v in chosen]
+    assert names and all(n.startswith(("resnet_v1_50/block4/", "resnet_v1_50/logits/"))
+                         for n in names)
+    assert len(names) == sum(1 for v in model.trainable_variables
+                             if "/block4/" in v.name or "/logits/" in v.name)
+    assert trained_variables(model, ()) == list(model.trainable_variables)
+    with pytest.raises(ValueError, match="--trainable_scopes: resnet_v1_50/block9 names no "
+                                         "trainable variable of this model .*resnet_v1_50/block4"):
+        trained_variables(model, ("resnet_v1_50/logits", "resnet_v1_50/block9"))
+    keras = resnet_v1_50(5, variant="keras")
+    assert {v.name.split("_")[0] for v in trained_variables(keras, ("conv5_", "predictions"))} \
+        == {"conv5", "predictions/kernel:0", "predictions/bias:0"}
+
+
+@pytest.mark.parametrize("given, message", [
+    ("  , ", "--trainable_scopes ',': names no scope (none: train all)"),
+    ("block4,(", "--trainable_scopes '(': not a regular expression: missing ), unterminated "
+                 "subpattern at position 0")])
+def test_bad_trainable_scopes_are_one_line_naming_the_flag(given, message):
+    with pytest.raises(ConfigError) as error:
+        resolve({"trainable_scopes": given}, gpus_available=0)
+    assert str(error.value) == message
+
+
 @pytest.mark.parametrize("variant, expected", [
     ("slim", ["resnet_v1_50/logits/weights", "resnet_v1_50/logits/biases"]),
     ("keras", ["predictions/kernel", "predictions/bias"])])
@@ -416,3 +466,15 @@ def test_the_weight_average_follows_tf_num_updates_formula_and_changes_no_traini
     assert int(average.updates) == 0
     np.testing.assert_array_equal(average.shadows["body/kernel"].numpy(),
                                   averaged.variables_by_name["body/kernel"].numpy())
+
+
+def test_the_log_says_how_much_of_the_model_trainable_scopes_train():
+    from flowers_tl.train import lever_lines
+
+    config = resolve({"trainable_scopes": "resnet_v1_50/block4,resnet_v1_50/logits"},
+                     gpus_available=0)
+    assert lever_lines(config, [(0, 224)], [], None, (30, 161)) == [
+        "training 30 of the model's 161 trainable variables (--trainable_scopes "
+        "resnet_v1_50/block4,resnet_v1_50/logits); the others keep their restored weights "
+        "(their batch norm still learns its statistics)"]
+    assert lever_lines(resolve({}, gpus_available=0), [(0, 224)], [], None, (161, 161)) == []
