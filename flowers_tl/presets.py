@@ -61,8 +61,9 @@ CPU_DEFAULT = Preset(
     half cosine after a 1-epoch warm-up, crops of at least half the photo (at 64 px smaller crops lose the
     flower), BN momentum 0.9 (400 steps: the averages forget the source task's statistics).
     Measured on an AMD EPYC (2 cores): 83.9% held-out after the 8 epochs (generator v2); with
-    generator v1, 6 epochs: 81% fine-tuned vs 72% from scratch at the same budget. 95%
-    held-out is not reached at this budget (issue 11's note has the commands).
+    generator v1, 6 epochs: 81% fine-tuned vs 72% from scratch at the same budget (v2, 8
+    epochs: 84.4% vs 76.5%). 95% held-out is not reached at this budget, nor at 6x it (48
+    epochs: 92.9% at best; results/published/amd-epyc-2c-2026-12-04-builtin-ceiling/).
     Applies by itself when there is no --data_url and no GPU; every value can be overridden.""",
     overrides=dict(image_size=64, batch_size=32, per_class=400, val_fraction=0.2, epochs=8,
                    lr_schedule="8:0.04", lr_schedule_shape="cosine", warmup_epochs=1,
