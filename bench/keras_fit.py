@@ -13,11 +13,12 @@ time_to_target: the same run as one of our time-to-target cells, from its resolv
   (flowers_tl.train.learning_rate_at_step: the schedule, its warm-up and shape, as a Keras
   LearningRateSchedule over a table), momentum, L2 weight decay on the conv and classifier
   kernels (ours: wd * sum(w^2) / 2), batch-norm momentum, zero-init residual branches, crop
-  range, label smoothing, frozen batch norm and trainable scopes (Keras' layer.trainable); from the same starting weights where the format
-  allows (a flowers_tl checkpoint of variant keras or a Keras HDF5 file, loaded layer by layer by
-  name with the logits excluded; from scratch when ours is). What differs is Keras' own: its
-  initialisers, its SGD (velocity = m v - lr g, ours TF1's accumulator: the same for a constant
-  rate), tf.data's input and Keras' preprocess_input. Held-out accuracy is Keras' validation
+  range, label smoothing, frozen batch norm and trainable scopes (Keras' layer.trainable);
+  from the same starting weights where the format allows (a flowers_tl checkpoint of variant
+  keras or a Keras HDF5 file, loaded layer by layer by name with the logits excluded; from
+  scratch when ours is). What differs is Keras' own: its initialisers, its SGD (velocity =
+  m v - lr g, ours TF1's accumulator: the same for a constant rate), tf.data's input and
+  Keras' preprocess_input. Held-out accuracy is Keras' validation
   (`validation_data`, every eval_every_epochs epochs and at the end): its time counts in the
   clock and is reported on its own, as ours. SIGTERM stops it after the current step.
 
