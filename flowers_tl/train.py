@@ -452,6 +452,10 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
     size, size_start = None, start_step  # a new image size traces anew: warm-up again
     first_step_time = None
     last_save = time.time()
+    # The checkpoint of this step already on disk (resumed from it, or saved by the loop): the
+    # final save skips it, as TensorFlow rewrites a checkpoint's index in place, so saving it
+    # again would leave the one checkpoint the state file names half-written while it is written.
+    saved_step = start_step if manager.latest_checkpoint else None
     step_rows = []
     eval_seconds = 0.0  # evaluation counts in the clock; reported on its own too
     epoch_correct, epoch_seen = 0.0, 0
@@ -548,8 +552,9 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
         if (run_cfg.checkpoint_every_steps and step % run_cfg.checkpoint_every_steps == 0) or \
                 (time.time() - last_save) / 60 >= run_cfg.checkpoint_every_minutes:
             save_checkpoint(manager, step)
-            last_save = time.time()
-    save_checkpoint(manager, step)
+            last_save, saved_step = time.time(), step
+    if saved_step != step:
+        save_checkpoint(manager, step)
     if weight_average is not None:
         weight_average.copy_to(eval_model)  # what the export takes
     return finish(config, resolved, train_url, eval_model, dataset, step_rows, stop_reason, step,

@@ -109,6 +109,8 @@ class Watcher(threading.Thread):
                 self.problems += visible_state_problems(self.train_url)
             except (tf.errors.NotFoundError, FileNotFoundError):
                 pass  # a checkpoint max_to_keep deleted between listing and opening: not visible
+            except Exception as error:  # e.g. a half-written index: a problem, not a dead thread
+                self.problems.append(f"watcher: {type(error).__name__}: {error}")
             self.polls += 1
             time.sleep(0.2)
 

@@ -176,6 +176,25 @@ def test_on_resume_a_static_loss_scale_given_again_wins_over_the_checkpoints(tin
     assert [row["loss_scale"] for row in metrics(url, "step")] == [128.0, 128.0, 256.0]
 
 
+def test_the_latest_checkpoint_is_never_written_twice(tiny_data, tmp_path):
+    # TensorFlow writes a checkpoint's index in place: saving the step the loop just saved (or
+    # the step a finished run resumed at) again would leave the only checkpoint the state file
+    # names half-written meanwhile (a CI run's watcher read "file is too short to be an
+    # sstable"). Neither the end of a run nor a rerun of a finished one rewrites it.
+    url = tmp_path / "run"
+    command = train_command(tiny_data, url, "--max_steps", "2", "--checkpoint_every_steps", "1",
+                            "--val_fraction", "0")
+    code, output = run(command)
+    assert code == 0, output[-3000:]
+    index = url / "checkpoints" / "ckpt-2.index"
+    written = os.stat(index).st_mtime_ns, os.stat(index).st_ino
+    assert tf.train.latest_checkpoint(url / "checkpoints").endswith("ckpt-2")
+    code, output = run(command)
+    assert code == 0, output[-3000:]
+    assert "resumed from" in output and "at step 2" in output
+    assert (os.stat(index).st_mtime_ns, os.stat(index).st_ino) == written
+
+
 def wait_for_step(url, step, process, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
