@@ -14,7 +14,8 @@ the crops) and its share of the stages' sum:
   read            the file into memory (page cache)
   header          jpeg_read_header, crop choice
   setup           jpeg_start_decompress and the column crop; for progressive (multi-scan) files
-                  this is where every scan is entropy-decoded, for the whole image
+                  this is where every scan is entropy-decoded, each down to the crop's last
+                  rows (variant every_row: the whole image, as libjpeg alone does)
   entropy         Huffman decode of the MCUs the crop needs: every row down to its bottom edge,
                   all columns (single-scan files)
   idct            dequantisation and inverse DCT of the crop's columns
@@ -34,8 +35,10 @@ decoded at 8/8 (DCT scaling off). Per JPEG kind: ms/image and the entropy floor'
 Variants (--variants, interleaved file by file so a busy machine hits them alike): `default`
 (the reader's training defaults: JDCT_IFAST, fancy upsampling), `accurate_idct` (JDCT_ISLOW,
 what evaluation uses), `merged_upsampling` (fancy upsampling off: libjpeg's merged upsample +
-colour conversion), `fast` (IFAST and merged upsampling, whatever the defaults). Their pixels differ from the
-default's by at most a few levels (tests/test_profile.py states the tolerances).
+colour conversion), `fast` (IFAST and merged upsampling, whatever the defaults), `every_row`
+(progressive scans decoded over the whole image, not cut below the crop: the same pixels).
+The others' pixels differ from the default's by at most a few levels (tests/test_profile.py
+states the tolerances).
 The machine's load moves every figure: read them as shares and ratios, not as published rates.
 """
 from __future__ import annotations
@@ -56,7 +59,8 @@ STAGE_NAMES = {"start": "setup (progressive: + entropy, all scans)"}
 REFERENCES = ("full_entropy", "full_decode_rgb", "full_decode_ycbcr", "crop_no_dct_scaling")
 VARIANTS = {"default": {}, "accurate_idct": {"fast_idct": False},
             "merged_upsampling": {"fancy_upsampling": False},
-            "fast": {"fast_idct": True, "fancy_upsampling": False}}
+            "fast": {"fast_idct": True, "fancy_upsampling": False},
+            "every_row": {"skip_rows_below_crop": False}}
 
 
 def pick_files(files: Sequence[str], count: int) -> list[str]:

@@ -169,6 +169,8 @@ void bind_options(py::module_& m) {
       .field("fast_idct", &DecoderOptions::fast_idct, "JDCT_IFAST instead of JDCT_ISLOW")
       .field("fancy_upsampling", &DecoderOptions::fancy_upsampling,
              "smooth chroma upsampling; False: libjpeg's merged upsampler")
+      .field("skip_rows_below_crop", &DecoderOptions::skip_rows_below_crop,
+             "multi-scan files: each scan jumps past the rows below a crop")
       .finish();
 
   OptionsClass<CropOptions>(m, "CropOptions",
@@ -346,7 +348,7 @@ PYBIND11_MODULE(_reader, m) {
     const DecoderOptions decoder = decoder_options;
     CropBox crop{std::get<0>(box), std::get<1>(box), std::get<2>(box), std::get<3>(box)};
     std::vector<uint8_t> pixels(static_cast<size_t>(out_width) * out_height * 3);
-    int scale = 8;
+    int scale = 8, scans_cut = 0;
     {
       py::gil_scoped_release release;
       WorkerContext context(decoder);
@@ -359,16 +361,18 @@ PYBIND11_MODULE(_reader, m) {
                                     &context.region);
       const DecodedRegion& region = context.region;
       scale = region.scale_num;
+      scans_cut = region.scans_cut;
       context.scratch.simd = simd;
       resize_rgb(region.data(), region.width, region.height, region.stride, region.box, out_width,
                  out_height, flip, image.layout, pixels.data(), &context.scratch);
     }
     return py::make_tuple(owning_array(std::move(pixels), image_shape(out_height, out_width, image.layout)),
-                          scale);
+                          scale, scans_cut);
   }, py::arg("data"), py::arg("box"), py::arg("out_width"), py::arg("out_height"),
      py::arg("flip"), py::arg("image_options"), py::arg("decoder_options"),
      py::arg("simd") = true,
-     "(pixels, DCT scale M of M/8 used); simd=False resamples without the AVX2 passes (same bytes)");
+     "(pixels, DCT scale M of M/8 used, scans stopped below the box); simd=False resamples "
+     "without the AVX2 passes (same bytes)");
 
   m.def("augment", [](const py::buffer& data, const ImageOptions& image_options,
                       const DecoderOptions& decoder_options, uint64_t seed) {

@@ -4,6 +4,7 @@
 
 #include <csetjmp>
 #include <cstdio>
+#include <cstring>
 #include <cmath>
 #include <algorithm>
 #include <string>
@@ -30,18 +31,63 @@ struct ErrorManager {
 struct ProgressManager {
   jpeg_progress_mgr pub;  // must be first: libjpeg hands us a pointer to it
   int max_scans;
+  // Multi-scan region decodes: iMCU rows from this one on are not needed (-1: all are), and
+  // the scan whose rest was jumped over (its "hit marker" warning is ours, not the file's).
+  int stop_row = -1;
+  int jumped_scan = -1;
+  int scans_cut = 0;
 };
+
+// The next marker at or after `p` that ends an entropy-coded segment: 0xFF followed by a code
+// other than 0x00 (a stuffed byte), 0xFF (fill) or RST0-7; nullptr if there is none.
+const uint8_t* next_segment_marker(const uint8_t* p, const uint8_t* end) {
+  while (p + 1 < end) {
+    p = static_cast<const uint8_t*>(std::memchr(p, 0xFF, static_cast<size_t>(end - p - 1)));
+    if (p == nullptr) return nullptr;
+    const uint8_t code = p[1];
+    if (code != 0x00 && code != 0xFF && (code < 0xD0 || code > 0xD7)) return p;
+    ++p;
+  }
+  return nullptr;
+}
+
+// In a scan of a multi-scan file, past the rows the crop needs: moves the source to the next
+// marker, so the entropy decoder runs out of data there and leaves the remaining blocks alone
+// (libjpeg's insufficient_data path, which skips them without decoding). Restart intervals and
+// arithmetic coding keep the plain path. A file with no later marker is left as it is, so a
+// truncated file still fails as truncated.
+void skip_rest_of_scan(j_decompress_ptr cinfo, ProgressManager* progress) {
+  if (progress->stop_row < 0) return;  // set only inside jpeg_start_decompress()
+  if (cinfo->restart_interval != 0 || cinfo->arith_code) return;
+  if (static_cast<int>(cinfo->input_iMCU_row) < progress->stop_row) return;
+  if (cinfo->input_iMCU_row >= cinfo->total_iMCU_rows) return;  // between scans
+  if (progress->jumped_scan == cinfo->input_scan_number) return;
+  // The entropy decoder already read this segment's end marker: the source now points into
+  // that marker's own segment (a DHT, say), which must be read, not jumped over.
+  if (cinfo->unread_marker != 0) return;
+  jpeg_source_mgr* src = cinfo->src;
+  const uint8_t* from = src->next_input_byte;
+  const uint8_t* marker = next_segment_marker(from, from + src->bytes_in_buffer);
+  if (marker == nullptr) return;
+  src->bytes_in_buffer -= static_cast<size_t>(marker - from);
+  src->next_input_byte = marker;
+  progress->jumped_scan = cinfo->input_scan_number;
+  ++progress->scans_cut;
+}
 
 // Called by libjpeg between iMCU rows while it decodes (for multi-scan files, of every scan).
 void on_progress(j_common_ptr cinfo) {
   if (!cinfo->is_decompressor) return;
-  const int scan = reinterpret_cast<j_decompress_ptr>(cinfo)->input_scan_number;
-  const int max_scans = reinterpret_cast<ProgressManager*>(cinfo->progress)->max_scans;
-  if (scan <= max_scans) return;
+  auto* dinfo = reinterpret_cast<j_decompress_ptr>(cinfo);
+  auto* progress = reinterpret_cast<ProgressManager*>(cinfo->progress);
+  if (dinfo->input_scan_number <= progress->max_scans) {
+    skip_rest_of_scan(dinfo, progress);
+    return;
+  }
   auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
   std::snprintf(err->message, sizeof(err->message),
                 "more than %d scans (each a pass over the whole image; encoders write about 10)",
-                max_scans);
+                progress->max_scans);
   std::longjmp(err->jump, 1);  // as on_error_exit: the decode's setjmp cleans up
 }
 
@@ -50,6 +96,10 @@ void on_emit_message(j_common_ptr cinfo, int msg_level) {
   // A truncated file is only a warning to libjpeg, which pads the rest with grey. We refuse it:
   // the grey pixels would become silent training data.
   if (cinfo->err->msg_code == JWRN_JPEG_EOF) on_error_exit(cinfo);
+  if (cinfo->err->msg_code == JWRN_HIT_MARKER && cinfo->is_decompressor &&
+      reinterpret_cast<ProgressManager*>(cinfo->progress)->jumped_scan ==
+          reinterpret_cast<j_decompress_ptr>(cinfo)->input_scan_number)
+    return;  // the marker skip_rest_of_scan() jumped to
   cinfo->err->num_warnings++;
 }
 
@@ -155,6 +205,7 @@ void JpegDecoder::run_decode(const CropBox* box, int min_width, int min_height,
   jpeg_decompress_struct* cinfo = &state_->cinfo;
   state_->header_ready = false;
   if (setjmp(state_->error.jump)) {
+    state_->progress.stop_row = -1;
     jpeg_abort_decompress(cinfo);
     throw DecodeError(state_->error.message);
   }
@@ -174,7 +225,23 @@ void JpegDecoder::run_decode(const CropBox* box, int min_width, int min_height,
   // fuzzer found, fuzz/regressions/skip-scanlines-stale-cconvert). Null it for every image:
   // libjpeg sets it again whenever this image has a converter.
   cinfo->cconvert = nullptr;
-  jpeg_start_decompress(cinfo);
+  state_->progress.jumped_scan = -1;
+  state_->progress.stop_row = -1;
+  state_->progress.scans_cut = 0;
+  if (box != nullptr && options_.skip_rows_below_crop) {
+    // The source rows the crop reaches (8 rows of slack for the scaled region's outward
+    // rounding), then two iMCU rows more: the one below the crop's last, whose rows the
+    // chroma upsampler's context reads, and one for good measure.
+    const int imcu_height = cinfo->max_v_samp_factor * DCTSIZE;
+    const double height = static_cast<double>(cinfo->image_height);
+    const int bottom = static_cast<int>(
+        std::clamp(std::ceil(box->y + box->height) + 8.0, 0.0, height));
+    state_->progress.stop_row = (bottom + imcu_height - 1) / imcu_height + 2;
+  }
+  jpeg_start_decompress(cinfo);  // multi-scan files: every scan is decoded in here
+  state_->progress.stop_row = -1;
+  state_->progress.jumped_scan = -1;
+  out->scans_cut = state_->progress.scans_cut;
 
   // The region in scaled output coordinates: the crop box's pixel edges times scale/8, rounded
   // outwards, so that every pixel the resampler may touch is decoded.

@@ -8,7 +8,9 @@
  *  - decode_region(): only the rows and iMCU columns that cover a crop box, at the smallest DCT
  *    scale M/8 whose result still covers the output size. This is the fast training path:
  *    jpeg_crop_scanline() skips columns, jpeg_skip_scanlines() skips rows above the crop, and
- *    jpeg_abort_decompress() skips everything below it.
+ *    jpeg_abort_decompress() skips everything below it; in multi-scan (progressive) files,
+ *    where libjpeg decodes every scan before the first row comes out, each scan stops at the
+ *    crop's last iMCU row and jumps to the next scan (DecoderOptions::skip_rows_below_crop).
  *
  * Grayscale decodes to RGB inside libjpeg-turbo; CMYK and YCCK are converted here (Adobe files
  * store inverted CMYK). Errors are DecodeError with libjpeg's own message; a file that ends early
@@ -55,6 +57,7 @@ struct DecodedRegion {
   const uint8_t* data() const { return pixels.data() + offset; }
   CropBox box;      // the crop box in this buffer's (scaled) pixel coordinates
   int scale_num = 8;  // DCT scale used: scale_num / 8
+  int scans_cut = 0;  // scans that skip_rows_below_crop stopped early
 };
 
 // Scales 1/8, 2/8, 4/8 and 8/8: bits 0, 1, 3 and 7.
@@ -78,6 +81,12 @@ struct DecoderOptions {
   // Smooth chroma upsampling (libjpeg's default). Off: the cheaper merged upsampler, blockier
   // chroma edges.
   bool fancy_upsampling = true;
+  // Multi-scan files (progressive, non-interleaved) in decode_region(): in every scan, once
+  // the iMCU rows the crop needs (plus two of context) are decoded, jump to the next scan's
+  // marker instead of entropy-decoding the rows below. The crop's pixels are the same (tests
+  // compare them bit for bit); the rows below are left as libjpeg leaves data it ran out of.
+  // Baseline files already stop at the crop's last row (jpeg_abort_decompress).
+  bool skip_rows_below_crop = true;
 };
 
 // Profiling only (csrc/profile.cc): sees libjpeg's decompressor inside decode_region() once

@@ -19,8 +19,10 @@ class DecoderOptions:
     dct_scales: list[int]
     fast_idct: bool
     fancy_upsampling: bool
+    skip_rows_below_crop: bool
     def __init__(self, *, max_pixels: int = ..., max_scans: int = ..., dct_scales: list[int] = ...,
-                 fast_idct: bool = ..., fancy_upsampling: bool = ...) -> None: ...
+                 fast_idct: bool = ..., fancy_upsampling: bool = ...,
+                 skip_rows_below_crop: bool = ...) -> None: ...
 
 class CropOptions:
     _fields: ClassVar[tuple[str, ...]]
@@ -85,7 +87,7 @@ def decode_crop_resize(
     data: Buffer, box: tuple[float, float, float, float], out_width: int, out_height: int,
     flip: bool, image_options: ImageOptions, decoder_options: DecoderOptions,
     simd: bool = ...,
-) -> tuple[npt.NDArray[np.uint8], int]: ...
+) -> tuple[npt.NDArray[np.uint8], int, int]: ...
 def augment(data: Buffer, image_options: ImageOptions, decoder_options: DecoderOptions,
             seed: int) -> npt.NDArray[np.uint8]: ...
 def augment_cached(data: Buffer, image_options: ImageOptions, decoder_options: DecoderOptions,

@@ -127,6 +127,8 @@ class ReaderConfig:
     # exported model decodes with (export.py, dct_method="INTEGER_ACCURATE").
     fast_idct: bool | None = None
     fancy_upsampling: bool = _DEFAULTS.decoder.fancy_upsampling  # False: merged upsampler, faster
+    # Progressive (multi-scan) files: each scan stops at the crop's last rows (same pixels).
+    skip_rows_below_crop: bool = _DEFAULTS.decoder.skip_rows_below_crop
     max_pixels: int = _DEFAULTS.decoder.max_pixels  # larger headers refused before allocation
     skip_bad_files: bool = _DEFAULTS.skip_bad_files
     # A skipped file's slot: a copy of the next good image (batches stay full), or, False,
@@ -187,7 +189,8 @@ class ReaderConfig:
             use_dct_scaling=self.use_dct_scaling, layout=self.layout)
         decoder = _reader.DecoderOptions(
             max_pixels=self.max_pixels, dct_scales=list(self.dct_scales),
-            fast_idct=self.fast_idct, fancy_upsampling=self.fancy_upsampling)
+            fast_idct=self.fast_idct, fancy_upsampling=self.fancy_upsampling,
+            skip_rows_below_crop=self.skip_rows_below_crop)
         cache = _reader.CacheOptions(
             location=self.cache or "", short_side=self.cache_short_side or 0,
             max_bytes=self.cache_max_bytes or 0, version=build_identity())

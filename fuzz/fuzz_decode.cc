@@ -8,7 +8,8 @@
  * (tests/test_fuzz_inputs.py::fuzz_params decodes them the same way; see fuzz/README.md):
  *   0  image_size = 1 + b % 64
  *   1  flags: 1 training, 2 use_dct_scaling, 4 random_flip, 8 NCHW, 16 fast_idct,
- *             32 no fancy upsampling, 64 flip the arbitrary-box resize
+ *             32 no fancy upsampling, 64 flip the arbitrary-box resize,
+ *             128 no skip_rows_below_crop (multi-scan files decode every row)
  *   2  allowed DCT scales, bit M-1 = M/8 (0 means all)
  *   3  area_min = (b + 1) / 256          4  area_max = area_min + (1 - area_min) * b / 255
  *   5  aspect_min = (b + 1) / 64         6  aspect_max = aspect_min * (1 + b / 16)
@@ -89,6 +90,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   decoder.allowed_scales = p[2] ? p[2] : 0xFFu;
   decoder.fast_idct = (p[1] & 16) != 0;
   decoder.fancy_upsampling = (p[1] & 32) == 0;
+  decoder.skip_rows_below_crop = (p[1] & 128) == 0;
 
   ImageOptions image;
   image.image_size = 1 + p[0] % 64;

@@ -6,6 +6,8 @@ Resizes are compared with PIL's antialiased BILINEAR, the same triangle filter; 
 fixed point, at different precisions, hence ±2 levels.
 """
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,7 +23,7 @@ def crop_resize(data, box, width, height, flip=False, use_dct_scaling=True):
     """The ROI decode with every DCT scale allowed, so the reduced scales are all exercised."""
     return _reader.decode_crop_resize(data, box, width, height, flip,
                                       _reader.ImageOptions(use_dct_scaling=use_dct_scaling),
-                                      ALL_SCALES)
+                                      ALL_SCALES)[:2]
 
 KINDS = ("420", "444", "progressive", "gray", "cmyk")
 
@@ -94,9 +96,9 @@ def test_resize_avx2_and_portable_passes_write_the_same_bytes(layout):
                                (224, 224, (13.5, 2.25, 301, 290)), (97, 61, (0, 0, 420, 300)),
                                (250, 33, (100, 100, 50, 20)), (64, 64, (5, 5, 410, 290))]:
         for flip in (False, True):
-            fast, _ = _reader.decode_crop_resize(data, box, width, height, flip, options,
+            fast, _, _ = _reader.decode_crop_resize(data, box, width, height, flip, options,
                                                  ALL_SCALES, simd=True)
-            portable, _ = _reader.decode_crop_resize(data, box, width, height, flip, options,
+            portable, _, _ = _reader.decode_crop_resize(data, box, width, height, flip, options,
                                                      ALL_SCALES, simd=False)
             assert np.array_equal(fast, portable), (width, height, box, flip)
 
@@ -214,3 +216,76 @@ def test_full_area_crop_is_a_plain_resize():
                           fast_idct=False)  # the reference decodes with ISLOW
     expected = np.asarray(Image.fromarray(reference_decode(data)).resize((32, 32), Image.BILINEAR))
     assert np.abs(full.astype(int) - expected).max() <= 2
+
+
+def progressive_files():
+    """Multi-scan encodings of detailed content, 333 x 457 (not iMCU-aligned): OpenCV's
+    (libjpeg-turbo's standard progression), Pillow's with optimised tables (a DHT segment
+    before each scan, which the entropy decoder may already have reached when a scan is cut),
+    4:4:4, grayscale, and Pillow's with restart markers (which keep the plain path)."""
+    rng = np.random.default_rng(5)
+    rgb = np.clip(smooth_rgb(333, 457).astype(float) + rng.normal(0, 12, (333, 457, 3)), 0, 255)
+    rgb = rgb.astype(np.uint8)
+
+    def pil(**options):
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="JPEG", quality=90, progressive=True, **options)
+        return buffer.getvalue()
+
+    gray = io.BytesIO()
+    Image.fromarray(rgb).convert("L").save(gray, format="JPEG", quality=85, progressive=True)
+    # A flat lower half (a clear sky, upside down): AC scans run out of bits there, so the
+    # decoder reads a scan's end marker while rows remain, before the cut would jump to it.
+    flat = rgb.copy()
+    flat[150:] = 128
+    return {"opencv-420": encode_jpeg(rgb, kind="progressive"),
+            "opencv-420-flat-bottom": encode_jpeg(flat, kind="progressive"),
+            "pil-420-optimised": pil(subsampling=2, optimize=True),
+            "pil-444": pil(subsampling=0), "pil-gray": gray.getvalue(),
+            "pil-restart": pil(subsampling=2, restart_marker_rows=1)}
+
+
+PROGRESSIVE = progressive_files()
+
+
+def cut_and_plain(data, box, size):
+    """(cut pixels, scans cut, plain pixels) of one ROI decode with and without the skip."""
+    results = []
+    for skip in (True, False):
+        decoder = _reader.DecoderOptions(dct_scales=list(range(1, 9)), skip_rows_below_crop=skip)
+        pixels, _, scans_cut = _reader.decode_crop_resize(
+            data, box, size, size, False, _reader.ImageOptions(use_dct_scaling=True), decoder)
+        results.append((pixels, scans_cut))
+    assert results[1][1] == 0
+    return results[0][0], results[0][1], results[1][0]
+
+
+@pytest.mark.parametrize("name", sorted(PROGRESSIVE))
+def test_progressive_scans_stop_below_the_crop_with_the_same_pixels(name):
+    data = PROGRESSIVE[name]
+    assert reader.jpeg_info(data)["progressive"]
+    restart = name == "pil-restart"
+    # A box in the top third: every scan stops early (none with restart markers).
+    top, cut, plain = cut_and_plain(data, (40.5, 3.25, 200, 90), 64)
+    assert np.array_equal(top, plain)
+    scans = 6 if name == "pil-gray" else 10
+    assert cut == (0 if restart else scans), cut
+    # Boxes ending anywhere, down to the last iMCU rows: cuts everywhere, including where the
+    # decoder already stands on the next marker; nothing to cut at the bottom.
+    for y in (0, 60):
+        for bottom in range(y + 24, 334, 12):
+            pixels, _, plain = cut_and_plain(data, (10, y, 300, bottom - y), 48)
+            assert np.array_equal(pixels, plain), (y, bottom)
+    # The reader's own crops, training (224 and 48 px, DCT-scaled) and evaluation.
+    for seed in range(12):
+        for size, training in ((224, True), (48, True), (64, False)):
+            cut = reader.augment(data, size, seed=seed, training=training)
+            plain = reader.augment(data, size, seed=seed, training=training,
+                                   skip_rows_below_crop=False)
+            assert np.array_equal(cut, plain), (seed, size, training)
+
+
+def test_baseline_files_have_no_scans_to_cut():
+    data = encode_jpeg(smooth_rgb(333, 457), kind="420")
+    pixels, cut, plain = cut_and_plain(data, (40.5, 3.25, 200, 90), 64)
+    assert cut == 0 and np.array_equal(pixels, plain)

@@ -28,6 +28,7 @@ def fuzz_params(raw: bytes):
         training=bool(p[1] & 1), use_dct_scaling=bool(p[1] & 2), random_flip=bool(p[1] & 4),
         layout="NCHW" if p[1] & 8 else "NHWC", fast_idct=bool(p[1] & 16),
         fancy_upsampling=not p[1] & 32,
+        skip_rows_below_crop=not p[1] & 128,
         dct_scales=tuple(m for m in range(1, 9) if (p[2] or 0xFF) & (1 << (m - 1))),
         area_range=(area_min, area_min + (1.0 - area_min) * p[4] / 255.0),
         aspect_range=(aspect_min, aspect_min * (1.0 + p[6] / 16.0)),
@@ -71,14 +72,15 @@ def test_fuzzer_inputs_replay_through_python(folder, name):
             w, h = info["width"], info["height"]
             x, y = w * (box_bytes[0] / 256.0), h * (box_bytes[1] / 256.0)
             box = (x, y, (w - x) * ((box_bytes[2] + 1) / 256.0), (h - y) * ((box_bytes[3] + 1) / 256.0))
-            crop, _ = _reader.decode_crop_resize(
+            crop, _, _ = _reader.decode_crop_resize(
                 data, box, size, size, bool(header[1] & 64),
                 _reader.ImageOptions(image_size=size, use_dct_scaling=options["use_dct_scaling"],
                                      layout=options["layout"]),
                 _reader.DecoderOptions(max_pixels=FUZZ_MAX_PIXELS,
                                        dct_scales=list(options["dct_scales"]),
                                        fast_idct=options["fast_idct"],
-                                       fancy_upsampling=options["fancy_upsampling"]))
+                                       fancy_upsampling=options["fancy_upsampling"],
+                                       skip_rows_below_crop=options["skip_rows_below_crop"]))
             assert crop.size == size * size * 3
             outcomes.append("image")
         except DecodeError:

@@ -409,6 +409,7 @@ FIELD_CHANGES = {
     "dct_scales": ((8,), {"decoder.dct_scales": [8]}),
     "fast_idct": (False, {"decoder.fast_idct": False}),  # training resolves None to True
     "fancy_upsampling": (False, {"decoder.fancy_upsampling": False}),
+    "skip_rows_below_crop": (False, {"decoder.skip_rows_below_crop": False}),
     "max_pixels": (1000, {"decoder.max_pixels": 1000}),
     "skip_bad_files": (False, {"skip_bad_files": False}),
     "fill_bad_slots": (False, {"fill_bad_slots": False}),
