@@ -27,7 +27,8 @@ struct StageProfile {
   double read = 0;           // read_file: the file into memory
   double header = 0;         // jpeg_read_header (JpegDecoder::read_info)
   double start = 0;          // jpeg_start_decompress + column crop; multi-scan files (progressive)
-                             // entropy-decode every scan here, whole image
+                             // entropy-decode every scan here, down to the crop's last rows
+                             // (DecoderOptions::skip_rows_below_crop; else the whole image)
   double entropy = 0;        // Huffman decode of the MCUs decoded (rows above the crop and its
                              // own rows, all columns); single-scan files only
   double idct = 0;           // dequantise + inverse DCT (+ for multi-scan, coefficient reads)
