@@ -324,3 +324,30 @@ def test_bf16_on_a_cpu_without_bf16_units_is_a_header_warning(monkeypatch):
     assert run_warnings(config_lib.with_overrides(bf16, {"precision": "fp32"}), 0) == []
     monkeypatch.setattr(env, "cpu_features", lambda: dict(avx2, amx_bf16=True))
     assert run_warnings(bf16, 0) == []
+
+
+def test_the_main_program_runs_without_loading_keras_which_still_imports_afterwards(tiny_data,
+                                                                                    tmp_path):
+    """TensorFlow's import loads Keras (and through it scikit-learn, both installed here) unless
+    the main program hides it; the run must work without them and leave `import keras` and
+    tf.keras working."""
+    argv = ["flowers_tl.train"] + train_command(tiny_data, tmp_path / "run", "--max_steps", "2",
+                                                "--val_fraction", "0")[3:]
+    script = f"""
+import json, runpy, sys
+sys.argv = {argv!r}
+try:
+    runpy.run_module("flowers_tl.train", run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    assert not stop.code, stop.code
+loaded = {{name: name in sys.modules for name in ("keras", "sklearn")}}
+import keras
+import tensorflow as tf
+assert tf.keras.layers.Dense is keras.layers.Dense
+print("loaded:", json.dumps(loaded))
+"""
+    code, output = run([sys.executable, "-c", script])
+    assert code == 0, output[-3000:]
+    line = [line for line in output.splitlines() if line.startswith("loaded: ")][-1]
+    assert json.loads(line[len("loaded: "):]) == {"keras": False, "sklearn": False}
+    assert metrics(tmp_path / "run", "step")[-1]["step"] == 2
