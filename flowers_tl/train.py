@@ -10,7 +10,8 @@ without a GPU that default is CPU-sized (preset cpu-default, printed with the co
 The run directory (--train_url) gets: config.json (the resolved configuration, model, classes,
 environment), metrics.jsonl (one JSON object a line: every step in the schema of
 flowers_tl.results, epochs, the time-to-target event), tensorboard/, checkpoints/ (resumed from
-when the same command runs again), result.json and export/<N>/ (a SavedModel for TF Serving).
+when the same command runs again), result.json (with the last held-out evaluation by class),
+heldout_mistakes.csv (its wrong files) and export/<N>/ (a SavedModel for TF Serving).
 
 Stages, as in big_vision's trainer: input, model and optimizer, checkpoint, evaluation, loop.
 """
@@ -27,6 +28,7 @@ from flowers_tl import config as config_lib  # noqa: E402  (loads no TensorFlow)
 # The command line is checked before TensorFlow's import (seconds): a bad flag costs nothing.
 CLI_CONFIG = config_lib.resolve_or_exit(sys.argv[1:]) if __name__ == "__main__" else None
 
+import csv  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -62,7 +64,8 @@ import tensorflow as tf  # noqa: E402
 from flowers_tl.builtin import SourceNotReady, built_in_data  # noqa: E402
 from flowers_tl.checkpoint import excluded_names, restore_pretrained  # noqa: E402
 from flowers_tl.data import list_folder, split  # noqa: E402
-from flowers_tl.evaluation import evaluate, split_warnings  # noqa: E402, F401
+from flowers_tl.evaluation import (evaluate, heldout_lines, heldout_report,  # noqa: E402, F401
+                                   split_warnings)
 from flowers_tl.model import ResNet50, get_model_meta  # noqa: E402
 from flowers_tl.results import throughput_from_step_rows  # noqa: E402
 from flowers_tl.step import (LossScale, MomentumSGD, WeightAverage, distribute_batch,  # noqa: E402
@@ -466,6 +469,7 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
     interrupted.install()
     start_step = int(global_step.numpy())
     input_readers, val_bad_files = {}, {}
+    heldout = None  # the last evaluation by class (heldout_report)
     batches = make_input(config, list(train_set.files), list(train_set.labels), local_batch,
                          worker, workers, start_step, classes, report=input_readers,
                          phases=phases)
@@ -544,8 +548,10 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
                 eval_start = time.time()
                 if weight_average is not None:
                     weight_average.copy_to(eval_model)
+                predictions = {}
                 values["val"] = evaluate(predict, list(val_set.files), list(val_set.labels),
-                                         config, val_bad_files)
+                                         config, val_bad_files, predictions)
+                heldout = heldout_report(val_set, predictions, step)
                 eval_seconds += time.time() - eval_start
             epoch_row = {"kind": "epoch", "epoch": epoch + 1 if step % steps_per_epoch == 0
                          else round(step / steps_per_epoch, 3), "step": step,
@@ -579,7 +585,7 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
         weight_average.copy_to(eval_model)  # what the export takes
     return finish(config, resolved, train_url, eval_model, dataset, step_rows, stop_reason, step,
                   total_steps, replicas, global_batch, best, len(val_set), target_event,
-                  input_report(input_readers, val_bad_files), eval_seconds, chief)
+                  input_report(input_readers, val_bad_files), eval_seconds, chief, heldout)
 
 
 def target_reached(log, train_cfg, metric, step, first_step_time, start_step, val_images,
@@ -602,8 +608,10 @@ def target_reached(log, train_cfg, metric, step, first_step_time, start_step, va
 
 def finish(config, resolved, train_url, model, dataset, step_rows, stop_reason, step,
            total_steps, replicas, global_batch, best, val_images, target_event, input_summary,
-           eval_seconds, chief) -> dict:
-    """result.json, the bad-file report and the export (chief only); returns the summary."""
+           eval_seconds, chief, heldout=None) -> dict:
+    """result.json, the bad-file report, the last evaluation by class (result.json's
+    "heldout", its wrong files in heldout_mistakes.csv) and the export (chief only); returns
+    the summary."""
     timed = [row for row in step_rows if not row["warmup"]]
     throughput = throughput_from_step_rows(timed, replicas) if timed else {}
     summary = {"stop_reason": stop_reason, "steps": step, "total_steps": total_steps,
@@ -616,8 +624,18 @@ def finish(config, resolved, train_url, model, dataset, step_rows, stop_reason, 
                "eval_seconds": eval_seconds, "val_images": val_images,
                "warnings": run_warnings(config, val_images),
                "config": config_lib.to_dict(resolved), "input": input_summary}
+    if heldout is not None:
+        summary["heldout"] = {key: value for key, value in heldout.items() if key != "mistakes"}
+        summary["heldout"]["mistakes_file"] = "heldout_mistakes.csv"
     if not chief:
         return summary
+    if heldout is not None:
+        with open(os.path.join(train_url, "heldout_mistakes.csv"), "w", newline="") as handle:
+            writer = csv.DictWriter(handle, ["file", "label", "predicted"])
+            writer.writeheader()
+            writer.writerows(heldout["mistakes"])
+        for line in heldout_lines(heldout):
+            print(line, flush=True)
     if input_summary["bad_files"]:
         print(f"input: skipped {input_summary['bad_files']} bad file(s):\n" + "\n".join(
             f"  {path}: {reason}" for path, reason in input_summary["first_bad_files"]),

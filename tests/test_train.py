@@ -90,6 +90,13 @@ def test_tiny_run_learns_logs_checkpoints_and_exports(easy_data, tmp_path):
     assert 0 < target["seconds_from_first_step"] < target["seconds_from_process_start"]
     result = json.load(open(url / "result.json"))
     assert result["stop_reason"] == "finished" and result["export"].endswith("export/1")
+    # The last evaluation by class: all held-out files, the mistakes file one row per miss.
+    heldout = result["heldout"]
+    assert heldout["step"] == steps[-1]["step"] and heldout["images"] == result["val_images"]
+    assert sum(row["images"] for row in heldout["per_class"].values()) == heldout["images"]
+    assert heldout["correct"] / heldout["images"] == pytest.approx(epochs[-1]["val_accuracy"])
+    with open(url / heldout["mistakes_file"]) as handle:
+        assert len(handle.readlines()) == 1 + heldout["images"] - heldout["correct"]
     from flowers_tl.data import list_folder, split
     assert result["eval_seconds"] == pytest.approx(waits[-1], abs=1e-3)
     assert result["val_images"] == len(split(list_folder(easy_data), 0.2, 0)[1]) > 0

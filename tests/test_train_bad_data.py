@@ -63,8 +63,9 @@ def test_evaluation_reports_the_bad_validation_files(tmp_path):
         mean = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2])
         return tf.where(mean[:, 2] > mean[:, 0], blue, red)
 
-    bad_files = {}
-    accuracy = evaluate(predict_by_colour, dataset.files, dataset.labels, config, bad_files)
+    bad_files, predictions = {}, {}
+    accuracy = evaluate(predict_by_colour, dataset.files, dataset.labels, config, bad_files,
+                        predictions)
     # The eval crop is fixed: a file fails here iff its crop, decoded alone, fails.
     expected = set(bad)
     for path in bad:
@@ -83,6 +84,10 @@ def test_evaluation_reports_the_bad_validation_files(tmp_path):
     # label shifted onto another file's image, or a lost good file would each show here.
     assert sum(predicted) == len(dataset.files) - len(expected)
     assert accuracy == 1.0
+    # Every file that decodes, by its index, with its own label (slots map back to files
+    # across the bad ones in between).
+    good = [index for index, path in enumerate(dataset.files) if path not in expected]
+    assert predictions == {index: dataset.labels[index] for index in good}
     report = input_report(None, bad_files)
     assert report["bad_files"] == len(expected)
     assert sorted(map(tuple, report["first_bad_files"])) == sorted(bad_files.items())
@@ -115,8 +120,42 @@ def test_an_evaluation_batch_of_only_bad_files_is_skipped_and_reported(tmp_path)
         seen.append(int(images.shape[0]))
         return tf.zeros([tf.shape(images)[0]], tf.int32)
 
-    bad_files = {}
-    accuracy = evaluate(predict_zero, files, labels, config, bad_files)
+    bad_files, predictions = {}, {}
+    accuracy = evaluate(predict_zero, files, labels, config, bad_files, predictions)
     assert seen == [4, 4]  # the all-bad batch never reaches the model
     assert accuracy == 0.5  # 4 of the 8 good files have label 0
     assert sorted(bad_files) == files[4:8]
+    assert predictions == {index: 0 for index in (0, 1, 2, 3, 8, 9, 10, 11)}
+
+
+def test_the_heldout_report_counts_by_class_and_lists_every_wrong_file(tmp_path):
+    """heldout_report against counts written out by hand: 3 classes, 9 files, one that did not
+    decode (absent from the predictions)."""
+    from flowers_tl.data import FolderDataset
+    from flowers_tl.evaluation import heldout_lines, heldout_report
+
+    names = ("daisy", "roses", "tulips")
+    labels = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    files = [str(tmp_path / names[label] / f"{index}.jpg") for index, label in enumerate(labels)]
+    val_set = FolderDataset(root=str(tmp_path), files=tuple(files), labels=tuple(labels),
+                            class_names=names, ignored_files=())
+    # daisy 3/3; roses: one right, two taken for tulips; tulips: one for roses, file 8 bad.
+    predictions = {0: 0, 1: 0, 2: 0, 3: 1, 4: 2, 5: 2, 6: 2, 7: 1}
+    report = heldout_report(val_set, predictions, step=40)
+    assert report["step"] == 40 and report["images"] == 8 and report["correct"] == 5
+    assert report["per_class"] == {
+        "daisy": {"images": 3, "correct": 3, "accuracy": 1.0},
+        "roses": {"images": 3, "correct": 1, "accuracy": 1 / 3},
+        "tulips": {"images": 2, "correct": 1, "accuracy": 0.5}}
+    assert report["confusion"] == {"classes": list(names),
+                                   "counts": [[3, 0, 0], [0, 1, 2], [0, 1, 1]]}
+    assert report["most_confused"] == [{"label": "roses", "predicted": "tulips", "images": 2},
+                                       {"label": "tulips", "predicted": "roses", "images": 1}]
+    assert report["mistakes"] == [
+        {"file": "roses/4.jpg", "label": "roses", "predicted": "tulips"},
+        {"file": "roses/5.jpg", "label": "roses", "predicted": "tulips"},
+        {"file": "tulips/7.jpg", "label": "tulips", "predicted": "roses"}]
+    assert heldout_lines(report) == [
+        "held-out by class (evaluation at step 40): daisy 3/3 (100.0%), roses 1/3 (33.3%), "
+        "tulips 1/2 (50.0%)",
+        "most confused: roses taken for tulips 2x, tulips taken for roses 1x"]
