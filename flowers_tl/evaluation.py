@@ -28,6 +28,7 @@ def evaluate(predict, files, labels, config: config_lib.RunConfig,
                 fill_bad_slots=False, cache=cache,
                 cache_short_side=config.reader.cache_short_side if cache else None) as reader:
         first = 0  # unshuffled: slot i of a batch is file first + i, a bad one labelled -1
+        file_labels = np.asarray(labels)
         for images, batch_labels in reader:
             good = batch_labels >= 0
             if good.any():
@@ -36,7 +37,7 @@ def evaluate(predict, files, labels, config: config_lib.RunConfig,
                 counted += int(good.sum())
                 if predictions is not None:
                     indices = first + np.flatnonzero(good)
-                    if not np.array_equal(np.asarray(labels)[indices], batch_labels[good]):
+                    if not np.array_equal(file_labels[indices], batch_labels[good]):
                         raise RuntimeError("evaluation batches are not in file order")
                     predictions.update(zip(indices.tolist(), predicted.tolist()))
             first += len(batch_labels)

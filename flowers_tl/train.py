@@ -469,7 +469,7 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
     interrupted.install()
     start_step = int(global_step.numpy())
     input_readers, val_bad_files = {}, {}
-    heldout = None  # the last evaluation by class (heldout_report)
+    heldout = None  # the last evaluation's (predictions, step), reported by class at the end
     batches = make_input(config, list(train_set.files), list(train_set.labels), local_batch,
                          worker, workers, start_step, classes, report=input_readers,
                          phases=phases)
@@ -551,7 +551,7 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
                 predictions = {}
                 values["val"] = evaluate(predict, list(val_set.files), list(val_set.labels),
                                          config, val_bad_files, predictions)
-                heldout = heldout_report(val_set, predictions, step)
+                heldout = predictions, step
                 eval_seconds += time.time() - eval_start
             epoch_row = {"kind": "epoch", "epoch": epoch + 1 if step % steps_per_epoch == 0
                          else round(step / steps_per_epoch, 3), "step": step,
@@ -585,7 +585,8 @@ def _train(config: config_lib.RunConfig, interrupted: Interrupted) -> dict:
         weight_average.copy_to(eval_model)  # what the export takes
     return finish(config, resolved, train_url, eval_model, dataset, step_rows, stop_reason, step,
                   total_steps, replicas, global_batch, best, len(val_set), target_event,
-                  input_report(input_readers, val_bad_files), eval_seconds, chief, heldout)
+                  input_report(input_readers, val_bad_files), eval_seconds, chief,
+                  heldout_report(val_set, *heldout) if heldout else None)
 
 
 def target_reached(log, train_cfg, metric, step, first_step_time, start_step, val_images,
