@@ -15,7 +15,9 @@ run exports a model a CPU server can run. Two signatures:
 assets/labels.txt holds the class names, one a line; assets/export_info.json the configs.
 
 Publishing: the SavedModel is written into a hidden temporary folder inside the export root
-(TF Serving loads integer folders only), verified there, then renamed onto `<N>`, N one more than
+(TF Serving loads integer folders only; the assets' sources and the verification's files sit in
+a subfolder of it, removed before publishing, so nothing is written anywhere else), verified
+there, then renamed onto `<N>`, N one more than
 the highest integer folder. A rename is atomic, so a polling server never sees a partial model,
 and it is also how a version number is claimed: renaming onto an existing non-empty folder fails,
 so of two exports racing for N one gets N and the other retries with N+1. A failed export removes
@@ -36,7 +38,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Sequence
 
@@ -50,6 +51,7 @@ from flowers_tl.model import ModelConfig, ResNet50
 # What every export is, whatever the training run used.
 SERVING_CONFIG = dict(data_format="NHWC", precision="fp32", batch_norm_fused=True, xla=False)
 TEMP_PREFIX = ".tmp-export-"
+SCRATCH_DIR = ".export-scratch"  # inside the temporary folder: assets, verification files
 # A temporary folder whose export is gone is removed by the next export. "Gone": its process
 # (the pid in its name, on this host) no longer exists, or, for a folder another host wrote (a
 # shared file system) or a pid since reused, untouched for this long; a live export writes and
@@ -248,30 +250,35 @@ def export_saved_model(model: ResNet50, export_root: str, class_names: Sequence[
     temp_dir = os.path.join(export_root, _temp_dir_name())
     os.mkdir(temp_dir)
     try:
-        with tempfile.TemporaryDirectory(prefix="flowers-export-") as scratch:
-            labels_path = os.path.join(scratch, "labels.txt")
-            with open(labels_path, "w", encoding="utf-8") as handle:
-                handle.write("".join(f"{name}\n" for name in names))
-            info_path = os.path.join(scratch, "export_info.json")
-            serving = serving_model_from(model)
-            with open(info_path, "w", encoding="utf-8") as handle:
-                json.dump({"training_config": dataclasses.asdict(model.config),
-                           "serving_config": dataclasses.asdict(serving.config),
-                           "num_classes": model.num_classes,
-                           "image_size": image_size, "class_names": names,
-                           "eval_resize_ratio": geometry.EVAL_RESIZE_RATIO,
-                           "tensorflow": tf.__version__}, handle, indent=1)
-            module = _ServingModule(serving, names, image_size, labels_path, info_path)
-            try:
-                tf.saved_model.save(module, temp_dir, signatures={
-                    "serving_default": module.serve.get_concrete_function(),
-                    "predict_jpeg": module.predict_jpeg.get_concrete_function()})
-            except tf.errors.OpError as error:  # e.g. a full disk while writing the variables
-                reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error))
-                raise ExportError(f"writing the SavedModel into {export_root} failed, nothing "
-                                  f"published: {reason.splitlines()[-1]}") from None
-            if verify:
-                _verify(temp_dir, model, serving, names, image_size, scratch)
+        # The assets and the verification's files live inside the temporary folder, so an
+        # export killed outright (SIGKILL) leaves nothing behind that the next export's
+        # _remove_stale_temp_dirs does not remove; they are gone before it is published.
+        scratch = os.path.join(temp_dir, SCRATCH_DIR)
+        os.mkdir(scratch)
+        labels_path = os.path.join(scratch, "labels.txt")
+        with open(labels_path, "w", encoding="utf-8") as handle:
+            handle.write("".join(f"{name}\n" for name in names))
+        info_path = os.path.join(scratch, "export_info.json")
+        serving = serving_model_from(model)
+        with open(info_path, "w", encoding="utf-8") as handle:
+            json.dump({"training_config": dataclasses.asdict(model.config),
+                       "serving_config": dataclasses.asdict(serving.config),
+                       "num_classes": model.num_classes,
+                       "image_size": image_size, "class_names": names,
+                       "eval_resize_ratio": geometry.EVAL_RESIZE_RATIO,
+                       "tensorflow": tf.__version__}, handle, indent=1)
+        module = _ServingModule(serving, names, image_size, labels_path, info_path)
+        try:
+            tf.saved_model.save(module, temp_dir, signatures={
+                "serving_default": module.serve.get_concrete_function(),
+                "predict_jpeg": module.predict_jpeg.get_concrete_function()})
+        except tf.errors.OpError as error:  # e.g. a full disk while writing the variables
+            reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error))
+            raise ExportError(f"writing the SavedModel into {export_root} failed, nothing "
+                              f"published: {reason.splitlines()[-1]}") from None
+        if verify:
+            _verify(temp_dir, model, serving, names, image_size, scratch)
+        shutil.rmtree(scratch)
         return _publish(temp_dir, export_root)
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)

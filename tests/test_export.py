@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -167,6 +168,30 @@ def test_next_export_removes_only_the_temp_folders_of_killed_exports(tmp_path, f
     assert version_dir == str(tmp_path / "1")
     assert sorted(os.listdir(tmp_path)) == sorted(["1", running, other_host])
     assert (tmp_path / running / "saved_model.pb").read_bytes() == b"half"
+
+
+def test_an_export_writes_only_inside_its_temporary_folder(tmp_path, fp32_model, monkeypatch):
+    """A SIGKILL runs no cleanup, so every file an export writes before publishing (the
+    SavedModel, its assets' sources, the verification's inputs) must lie in the temporary folder
+    the next export removes (test above), none in the system's temporary directory."""
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    seen = {}
+
+    def look_instead_of_verifying(saved_dir, model, serving, names, image_size, scratch):
+        seen.update(system_tmp=os.listdir(system_tmp), scratch_parent=os.path.dirname(scratch),
+                    saved_dir=saved_dir, scratch=sorted(os.listdir(scratch)))
+
+    monkeypatch.setattr(export, "_verify", look_instead_of_verifying)
+    version_dir = export_saved_model(fp32_model, str(tmp_path / "export"), CLASS_NAMES, IMAGE_SIZE)
+    assert seen["system_tmp"] == [] and seen["scratch_parent"] == seen["saved_dir"]
+    assert os.path.basename(seen["saved_dir"]).startswith(export.TEMP_PREFIX)
+    assert seen["scratch"] == ["export_info.json", "labels.txt"]
+    assert sorted(os.listdir(tmp_path / "export")) == ["1"]
+    assert export.SCRATCH_DIR not in os.listdir(version_dir)  # removed before publishing
+    assert sorted(os.listdir(os.path.join(version_dir, "assets"))) == ["export_info.json",
+                                                                       "labels.txt"]
 
 
 # ---------------------------------------------------------------------------- signatures
