@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from bench.feeding import feeding_table
 from bench.report import format_number, reader_table, throughput_table, time_to_target_table
+from flowers_tl import env
 from flowers_tl.results import ci95, read_jsonl
 
 MARKER = re.compile(r"<!-- table:(?P<name>\S+) -->\n.*?<!-- /table:(?P=name) -->", re.DOTALL)
@@ -111,7 +112,7 @@ def render_table(published: Path, name: str) -> str:
     load = (f"{min(loads):.1f}" if min(loads) == max(loads)
             else f"{min(loads):.1f}-{max(loads):.1f}") if loads else "unknown"
     note = f" {info['note']}" if info.get("note") else ""
-    caption = (f"Measured on {environment.get('cpu_model') or 'an unknown CPU'} "
+    caption = (f"Measured on {env.cpu_label(environment)} "
                f"({environment.get('cpu_count_affinity') or '?'} usable cores), "
                f"{(environment.get('time_utc') or '????-??-??')[:10]}, 1-min load average "
                f"{load}, with `{' && '.join(info['commands'])}` "
@@ -143,8 +144,6 @@ def update_readme(readme: Path, published: Path | None = None, check: bool = Fal
 
 def describe(folder: Path, commands: list[str], note: str | None = None) -> Path:
     """Writes folder/environment.json: the commands, the machine and its measured GEMM rates."""
-    from flowers_tl import env
-
     if not commands:
         raise PublishedError("--describe needs at least one --command (how the rows were made)")
     folder.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ import numpy as np
 
 from bench.feeding import feeding_table
 from bench.reader_backends import BACKEND_FUNCTIONS
-from flowers_tl.env import describe_environment
+from flowers_tl.env import cpu_label, describe_environment
 from flowers_tl.geometry import TRAIN_AREA_RANGE, TRAIN_ASPECT_RANGE
 from flowers_tl.results import append_row, parse_list, throughput_stats
 
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     files, labels, num_classes = load_dataset(args.data_url)
     environment = describe_environment()
-    print(f"{len(files)} files, {num_classes} classes; {environment['cpu_model']}, "
+    print(f"{len(files)} files, {num_classes} classes; {cpu_label(environment)}, "
           f"{environment['cpu_count_affinity']} usable cores", file=sys.stderr)
     rows = []
     for round_index in range(args.rounds):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.feeding import FEEDING_IMAGE_SIZE, feeding_table
+from flowers_tl import env
 from flowers_tl.results import ci95, intervals_overlap, read_jsonl
 
 # Knobs that change the kernels, not the arithmetic (up to rounding; tfdata draws its random
@@ -328,7 +329,7 @@ def metric_words(row: dict[str, Any]) -> str:
 def machine_words(row: dict[str, Any]) -> str:
     environment = row.get("environment") or {}
     gpus = environment.get("gpus") or []
-    return (f"{environment.get('cpu_model') or 'an unknown CPU'} "
+    return (f"{env.cpu_label(environment)} "
             f"({environment.get('cpu_count_affinity') or '?'} usable cores"
             + (f", {len(gpus)} GPU(s): {gpus[0]}" if gpus and row.get("num_gpus") else "")
             + ")")
@@ -432,7 +433,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], reader: list[dict[str
              f"{meta.get('prepare_seconds', 0) / 60:.1f} min untimed preparation of the data."
              + (" **Interrupted.**" if meta.get("interrupted") else "")
              + (f" **{meta['error']}**" if meta.get("error") else ""), "",
-             f"Machine: {environment.get('cpu_model')}, {environment.get('cpu_count_affinity')} "
+             f"Machine: {env.cpu_label(environment)}, {environment.get('cpu_count_affinity')} "
              f"usable cores, GPUs: {', '.join(environment.get('gpus') or []) or 'none'}; "
              f"TensorFlow {environment.get('tensorflow_version')}, "
              f"{environment.get('compiler')}, libjpeg-turbo "

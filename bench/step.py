@@ -50,7 +50,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from flowers_tl.config import ConfigError, ModelConfig, check_model, parse_value
-from flowers_tl.env import describe_environment
+from flowers_tl.env import cpu_label, describe_environment
 from flowers_tl.results import append_row, parse_list, throughput_stats
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m bench.step: error: {error}", file=sys.stderr)
         return 2
     environment = describe_environment()
-    print(f"{len(configs)} cells; {environment['cpu_model']}, {environment['cpu_count_affinity']} "
+    print(f"{len(configs)} cells; {cpu_label(environment)}, {environment['cpu_count_affinity']} "
           f"usable cores, load average {environment['load_average_1min']}", file=sys.stderr)
     rows = []
     for config in configs:

@@ -39,6 +39,23 @@ X86_FEATURES = ("sse4_2", "avx", "avx2")  # any of these: an x86 CPU; "asimd": a
 REDUCED_PRECISION_UNITS = {
     ("x86", "bf16"): ("avx512_bf16", "amx_bf16"), ("x86", "fp16"): ("avx512_fp16", "amx_fp16"),
     ("arm", "bf16"): ("bf16",), ("arm", "fp16"): ("asimdhp",)}
+# x86 core microarchitecture by (vendor, family) and model range, for a CPU whose model name a
+# hypervisor shortens to "AMD EPYC" or "Intel(R) Xeon(R) Processor": a Zen 4 and a Zen 5 host then
+# look alike, yet run libjpeg-turbo, the reader's AVX2 code and TensorFlow's AVX-512 kernels at
+# different relative speeds. Numbers from AMD's Processor Programming References and Intel's SDM
+# (CPUID family/model); a pair not listed gives None, never a guess.
+MICROARCHITECTURES = {
+    ("AuthenticAMD", 0x17): ((0x00, 0x2F, "Zen/Zen+"), (0x30, 0xFF, "Zen 2")),
+    ("AuthenticAMD", 0x19): ((0x00, 0x0F, "Zen 3"), (0x10, 0x1F, "Zen 4"), (0x20, 0x2F, "Zen 3"),
+                             (0x40, 0x4F, "Zen 3+"), (0x50, 0x5F, "Zen 3"), (0x60, 0x7F, "Zen 4"),
+                             (0xA0, 0xAF, "Zen 4")),
+    ("AuthenticAMD", 0x1A): ((0x00, 0x4F, "Zen 5"),),
+    ("GenuineIntel", 6): ((0x3F, 0x3F, "Haswell"), (0x4F, 0x4F, "Broadwell"),
+                          (0x55, 0x55, "Skylake-SP/Cascade Lake"), (0x6A, 0x6A, "Ice Lake-SP"),
+                          (0x6C, 0x6C, "Ice Lake-SP"), (0x8F, 0x8F, "Sapphire Rapids"),
+                          (0xCF, 0xCF, "Emerald Rapids"), (0xAD, 0xAD, "Granite Rapids"),
+                          (0xAF, 0xAF, "Sierra Forest")),
+}
 UNIT_NAMES = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16", "avx512_fp16": "AVX512-FP16",
               "amx_fp16": "AMX-FP16", "bf16": "the Arm BF16 extension",
               "asimdhp": "Arm half-precision SIMD (asimdhp)"}
@@ -54,6 +71,10 @@ def describe_environment() -> dict[str, Any]:
         "python_version": platform.python_version(),
         "platform": _safe(platform.platform),
         "cpu_model": _safe(_cpu_model),
+        # The model name alone may not say which CPU it is (see MICROARCHITECTURES).
+        "cpu_signature": _safe(lambda: (_cpu_id() or {}).get("signature")),
+        "cpu_microarchitecture": _safe(lambda: (_cpu_id() or {}).get("microarchitecture")),
+        "cpu_caches": _safe(_cpu_caches),
         "cpu_features": _safe(cpu_features),
         "cpu_count_logical": os.cpu_count(),
         "cpu_count_affinity": _safe(_usable_cores),
@@ -151,12 +172,50 @@ def arithmetic_note(precision: str, features: dict[str, bool] | None, gpus: int 
 
 
 def cpu_slug() -> str:
-    """The CPU model and usable cores as a folder-name part, e.g. "intel-xeon-processor-2c"."""
+    """The CPU model, its microarchitecture where known, and the usable cores as a folder-name
+    part, e.g. "amd-epyc-zen-5-2c" or "intel-xeon-processor-2c"."""
     model = _safe(_cpu_model) or platform.machine() or "unknown-cpu"
     model = re.sub(r"\((r|tm)\)", "", model.lower())
     model = model.split("@")[0]  # "... CPU @ 2.20GHz": the clock is not the model
     slug = re.sub(r"[^a-z0-9]+", "-", model).strip("-") or "unknown-cpu"
+    microarchitecture = (_safe(_cpu_id) or {}).get("microarchitecture")
+    if microarchitecture:
+        part = re.sub(r"[^a-z0-9]+", "-", microarchitecture.lower()).strip("-")
+        if part not in slug:
+            slug = f"{slug}-{part}"
     return f"{slug}-{_safe(_usable_cores) or os.cpu_count() or 0}c"
+
+
+def cpu_label(environment: dict[str, Any]) -> str:
+    """A result row's CPU in words: its model name, with the microarchitecture where the row
+    has one ("AMD EPYC (Zen 5)"); rows recorded before it was detected keep their model name."""
+    model = environment.get("cpu_model") or "an unknown CPU"
+    microarchitecture = environment.get("cpu_microarchitecture")
+    return f"{model} ({microarchitecture})" if microarchitecture else model
+
+
+def parse_cpu_id(cpuinfo: str) -> dict[str, Any] | None:
+    """The first x86 processor's vendor, family, model and stepping in /proc/cpuinfo text, its
+    signature in words and its microarchitecture (MICROARCHITECTURES; None where unlisted).
+    None for a CPU that reports no x86 family (Arm)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block only
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    try:
+        vendor, family = fields["vendor_id"], int(fields["cpu family"])
+        model, stepping = int(fields["model"]), int(fields.get("stepping", "-1"))
+    except (KeyError, ValueError):
+        return None
+    microarchitecture = next((name for first, last, name in MICROARCHITECTURES.get((vendor, family), ())
+                              if first <= model <= last), None)
+    return {"vendor": vendor, "family": family, "model": model, "stepping": stepping,
+            "signature": f"{vendor} family {family} model {model} stepping {stepping}",
+            "microarchitecture": microarchitecture}
 
 
 def measure_peak_gflops(dtype: str = "float32", seconds: float = 2.0, size: int = 2048) -> float:
@@ -211,6 +270,23 @@ def _run(command: list[str]) -> str | None:
 
 def _usable_cores() -> int:
     return len(os.sched_getaffinity(0))
+
+
+def _cpu_id() -> dict[str, Any] | None:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+        return parse_cpu_id(cpuinfo.read())
+
+
+def _cpu_caches() -> str | None:
+    """CPU 0's caches from sysfs, e.g. "L1d 48K, L1i 32K, L2 1024K, L3 32768K" (per core for
+    L1 and L2; L3 shared as the VM sees it)."""
+    parts = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        level = (index / "level").read_text().strip()
+        kind = (index / "type").read_text().strip()
+        suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
+        parts.append(f"L{level}{suffix} {(index / 'size').read_text().strip()}")
+    return ", ".join(parts) or None
 
 
 def _cpu_model() -> str | None:

@@ -103,7 +103,59 @@ def test_cpu_slug_is_a_folder_name_with_the_core_count():
 def test_cpu_slug_drops_marks_and_clock(monkeypatch, model, slug):
     monkeypatch.setattr(env, "_cpu_model", lambda: model)
     monkeypatch.setattr(env, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(env, "_cpu_id", lambda: None)
     assert env.cpu_slug() == f"{slug}-2c"
+    # A known microarchitecture is added, once, so a Zen 4 and a Zen 5 "AMD EPYC" differ.
+    monkeypatch.setattr(env, "_cpu_id", lambda: {"microarchitecture": "Zen 5"})
+    assert env.cpu_slug() == f"{slug}-zen-5-2c"
+    monkeypatch.setattr(env, "_cpu_model", lambda: "AMD EPYC Zen 5 Engineering Sample")
+    assert env.cpu_slug() == "amd-epyc-zen-5-engineering-sample-2c"
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+cpu family\t: {family}
+model\t\t: {model}
+model name\t: {name}
+stepping\t: 1
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+"""
+
+
+@pytest.mark.parametrize("vendor, family, model, microarchitecture", [
+    ("AuthenticAMD", 26, 2, "Zen 5"), ("AuthenticAMD", 25, 0x11, "Zen 4"),
+    ("AuthenticAMD", 25, 0x01, "Zen 3"), ("AuthenticAMD", 25, 0xA0, "Zen 4"),
+    ("AuthenticAMD", 23, 0x31, "Zen 2"), ("GenuineIntel", 6, 0x8F, "Sapphire Rapids"),
+    ("GenuineIntel", 6, 0xCF, "Emerald Rapids"), ("GenuineIntel", 6, 0x99, None),
+    ("AuthenticAMD", 27, 0, None),
+])
+def test_cpu_id_names_the_microarchitecture_from_family_and_model(vendor, family, model,
+                                                                  microarchitecture):
+    text = CPUINFO.format(vendor=vendor, family=family, model=model, name="generic")
+    assert env.parse_cpu_id(text) == {
+        "vendor": vendor, "family": family, "model": model, "stepping": 1,
+        "signature": f"{vendor} family {family} model {model} stepping 1",
+        "microarchitecture": microarchitecture}
+    assert env.parse_cpu_id("processor\t: 0\nFeatures\t: fp asimd\nCPU part\t: 0xd0c\n") is None
+    assert env.cpu_label({"cpu_model": "AMD EPYC", "cpu_microarchitecture": microarchitecture}) \
+        == ("AMD EPYC" + (f" ({microarchitecture})" if microarchitecture else ""))
+
+
+@pytest.mark.skipif(shutil.which("lscpu") is None, reason="needs lscpu")
+def test_cpu_signature_agrees_with_lscpu():
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"))
+    fields = {key.strip(): value.strip() for key, _, value in
+              (line.partition(":") for line in lscpu.stdout.splitlines())}
+    if "CPU family" not in fields or "Vendor ID" not in fields:
+        pytest.skip("lscpu gives no x86 family here")
+    stepping = fields.get("Stepping", "-1")
+    assert env.describe_environment()["cpu_signature"] == (
+        f"{fields['Vendor ID']} family {fields['CPU family']} model {fields['Model']} "
+        f"stepping {stepping}")
 
 
 GPUS = ["GPU 0: NVIDIA H200 (UUID: GPU-aaaa-1111)", "GPU 1: NVIDIA H200 (UUID: GPU-bbbb-2222)"]

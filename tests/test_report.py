@@ -362,6 +362,18 @@ def test_readme_tables_are_written_between_markers_and_checked(tmp_path):
     assert published.render_readme(text, tmp_path / "results" / "published") == text
 
 
+def test_caption_names_the_microarchitecture_where_the_rows_have_one(tmp_path):
+    root = tmp_path / "results" / "published"
+    name = _published_folder(root)
+    info_path = root / name / "environment.json"
+    info = json.loads(info_path.read_text())
+    info["environment"]["cpu_microarchitecture"] = "Zen 5"
+    info_path.write_text(json.dumps(info))
+    marker = f"<!-- table:{name}/reader -->\n<!-- /table:{name}/reader -->\n"
+    caption = published.render_readme(marker, root).splitlines()[1]
+    assert caption.startswith("Measured on Test CPU (Zen 5) (2 usable cores), 2026-01-01")
+
+
 @pytest.mark.parametrize("marker, message", [
     ("<!-- table:{name}/plots -->\n<!-- /table:{name}/plots -->", "kind one of reader, feeding, sweep"),
     ("<!-- table:nowhere/reader -->\n<!-- /table:nowhere/reader -->", "nowhere/environment.json"),
@@ -395,7 +407,12 @@ def test_each_published_folder_describes_itself(folder, monkeypatch):
     # <cpu_slug>-<YYYY-MM-DD>-<what>, the slug and date those of the machine that measured it
     monkeypatch.setattr(env, "_cpu_model", lambda: machine["cpu_model"])
     monkeypatch.setattr(env, "_usable_cores", lambda: machine["cpu_count_affinity"])
+    # Folders from before the microarchitecture was detected have none in slug or rows.
+    monkeypatch.setattr(env, "_cpu_id", lambda: {
+        "microarchitecture": machine.get("cpu_microarchitecture")})
     assert folder.startswith(f"{env.cpu_slug()}-{machine['time_utc'][:10]}-")
     for row in rows:
         assert row["environment"]["cpu_model"] == machine["cpu_model"]
+        assert (row["environment"].get("cpu_microarchitecture")
+                == machine.get("cpu_microarchitecture"))
         assert row.get("command", info["commands"][-1]) in info["commands"]
