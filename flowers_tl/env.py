@@ -188,10 +188,12 @@ def cpu_slug() -> str:
 
 def cpu_label(environment: dict[str, Any]) -> str:
     """A result row's CPU in words: its model name, with the microarchitecture where the row
-    has one ("AMD EPYC (Zen 5)"); rows recorded before it was detected keep their model name."""
+    has one ("AMD EPYC, Zen 5"); rows recorded before it was detected keep their model name."""
     model = environment.get("cpu_model") or "an unknown CPU"
     microarchitecture = environment.get("cpu_microarchitecture")
-    return f"{model} ({microarchitecture})" if microarchitecture else model
+    if not microarchitecture or microarchitecture.lower() in model.lower():
+        return model
+    return f"{model}, {microarchitecture}"
 
 
 def parse_cpu_id(cpuinfo: str) -> dict[str, Any] | None:

@@ -142,7 +142,9 @@ def test_cpu_id_names_the_microarchitecture_from_family_and_model(vendor, family
         "microarchitecture": microarchitecture}
     assert env.parse_cpu_id("processor\t: 0\nFeatures\t: fp asimd\nCPU part\t: 0xd0c\n") is None
     assert env.cpu_label({"cpu_model": "AMD EPYC", "cpu_microarchitecture": microarchitecture}) \
-        == ("AMD EPYC" + (f" ({microarchitecture})" if microarchitecture else ""))
+        == ("AMD EPYC" + (f", {microarchitecture}" if microarchitecture else ""))
+    assert env.cpu_label({"cpu_model": "AMD EPYC Zen 5 9B45", "cpu_microarchitecture": "Zen 5"}) \
+        == "AMD EPYC Zen 5 9B45"
 
 
 @pytest.mark.skipif(shutil.which("lscpu") is None, reason="needs lscpu")

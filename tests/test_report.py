@@ -371,7 +371,7 @@ def test_caption_names_the_microarchitecture_where_the_rows_have_one(tmp_path):
     info_path.write_text(json.dumps(info))
     marker = f"<!-- table:{name}/reader -->\n<!-- /table:{name}/reader -->\n"
     caption = published.render_readme(marker, root).splitlines()[1]
-    assert caption.startswith("Measured on Test CPU (Zen 5) (2 usable cores), 2026-01-01")
+    assert caption.startswith("Measured on Test CPU, Zen 5 (2 usable cores), 2026-01-01")
 
 
 @pytest.mark.parametrize("marker, message", [
