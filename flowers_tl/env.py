@@ -65,6 +65,7 @@ def describe_environment() -> dict[str, Any]:
     """A flat dict of versions, hardware, load and source revision; missing things are None."""
     build_info = _safe(_reader_build_info) or {}
     git_commit, git_dirty = _safe(_git_state) or (None, None)
+    cpu_id = _safe(_cpu_id) or {}
     return {
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hostname": _safe(socket.gethostname),
@@ -72,8 +73,8 @@ def describe_environment() -> dict[str, Any]:
         "platform": _safe(platform.platform),
         "cpu_model": _safe(_cpu_model),
         # The model name alone may not say which CPU it is (see MICROARCHITECTURES).
-        "cpu_signature": _safe(lambda: (_cpu_id() or {}).get("signature")),
-        "cpu_microarchitecture": _safe(lambda: (_cpu_id() or {}).get("microarchitecture")),
+        "cpu_signature": cpu_id.get("signature"),
+        "cpu_microarchitecture": cpu_id.get("microarchitecture"),
         "cpu_caches": _safe(_cpu_caches),
         "cpu_features": _safe(cpu_features),
         "cpu_count_logical": os.cpu_count(),
