@@ -51,7 +51,8 @@ MICROARCHITECTURES = {
                              (0xA0, 0xAF, "Zen 4")),
     ("AuthenticAMD", 0x1A): ((0x00, 0x4F, "Zen 5"),),
     ("GenuineIntel", 6): ((0x3F, 0x3F, "Haswell"), (0x4F, 0x4F, "Broadwell"),
-                          (0x55, 0x55, "Skylake-SP/Cascade Lake"), (0x6A, 0x6A, "Ice Lake-SP"),
+                          (0x55, 0x55, "Skylake-SP/Cascade Lake/Cooper Lake"),
+                          (0x6A, 0x6A, "Ice Lake-SP"),
                           (0x6C, 0x6C, "Ice Lake-SP"), (0x8F, 0x8F, "Sapphire Rapids"),
                           (0xCF, 0xCF, "Emerald Rapids"), (0xAD, 0xAD, "Granite Rapids"),
                           (0xAF, 0xAF, "Sierra Forest")),
@@ -214,8 +215,9 @@ def parse_cpu_id(cpuinfo: str) -> dict[str, Any] | None:
         model, stepping = int(fields["model"]), int(fields.get("stepping", "-1"))
     except (KeyError, ValueError):
         return None
-    microarchitecture = next((name for first, last, name in MICROARCHITECTURES.get((vendor, family), ())
-                              if first <= model <= last), None)
+    ranges = MICROARCHITECTURES.get((vendor, family), ())
+    microarchitecture = next((name for first, last, name in ranges if first <= model <= last),
+                             None)
     return {"vendor": vendor, "family": family, "model": model, "stepping": stepping,
             "signature": f"{vendor} family {family} model {model} stepping {stepping}",
             "microarchitecture": microarchitecture}

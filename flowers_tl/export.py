@@ -17,10 +17,10 @@ assets/labels.txt holds the class names, one a line; assets/export_info.json the
 Publishing: the SavedModel is written into a hidden temporary folder inside the export root
 (TF Serving loads integer folders only; the assets' sources and the verification's files sit in
 a subfolder of it, removed before publishing, so nothing is written anywhere else), verified
-there, then renamed onto `<N>`, N one more than
-the highest integer folder. A rename is atomic, so a polling server never sees a partial model,
-and it is also how a version number is claimed: renaming onto an existing non-empty folder fails,
-so of two exports racing for N one gets N and the other retries with N+1. A failed export removes
+there, then renamed onto `<N>`, N one more than the highest integer folder. A rename is atomic,
+so a polling server never sees a partial model, and it is also how a version number is claimed:
+renaming onto an existing non-empty folder fails, so of two exports racing for N one gets N and
+the other retries with N+1. A failed export removes
 its temporary folder and never touches an existing version; a killed one cannot, so every export
 first removes the temporary folders of exports that are certainly gone (see
 _remove_stale_temp_dirs).
