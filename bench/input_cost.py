@@ -19,6 +19,14 @@ Inputs: `synthetic` (one in-memory random batch, what flowers_tl.train --input s
 (total images over total timed seconds), its share of synthetic's (when synthetic is in the
 run) overall and per round, with the rounds' spread; plus the CPU model and the environment
 (flowers_tl.env).
+
+After the rounds each input is also read on its own, no step running, for --cpu_batches
+batches: the process CPU time per image it costs (cpu_ms_per_image_alone). If an input took
+from the step only its own CPU time, spread over the usable cores the step keeps busy, it would
+leave 1 / (1 + R * c / cores) of synthetic's rate R (c: its CPU seconds per image): the
+`predicted` share. Measured well below it: the input interferes beyond its CPU time (wake-ups,
+preempted compute threads waiting at each op's barrier, caches); near it: the input costs what
+its decoding costs, and only less CPU per image raises the share.
 """
 from __future__ import annotations
 
@@ -109,9 +117,25 @@ def measure(inputs: dict[str, Iterator], run_step: Callable, block: int, rounds:
     return seconds
 
 
-def summarise(seconds: dict[str, list[list[float]]], batch_size: int) -> list[dict[str, Any]]:
+def cpu_per_image(batches: Iterator, count: int, skip: int) -> float:
+    """Process CPU seconds per image of pulling `count` batches from one input on its own (no
+    step running), after `skip` batches that it may have decoded ahead (prefetched)."""
+    for _ in range(skip):
+        next(batches)
+    images = 0
+    start = time.process_time()
+    for _ in range(count):
+        images += len(next(batches)[0])
+    return (time.process_time() - start) / images
+
+
+def summarise(seconds: dict[str, list[list[float]]], batch_size: int,
+              cpu_seconds_per_image: dict[str, float] | None = None,
+              cores: int | None = None) -> list[dict[str, Any]]:
     rows = []
     base = seconds.get("synthetic")
+    base_rate = (sum(len(r) for r in base) * batch_size / sum(sum(r) for r in base)
+                 if base is not None else None)
     for name, per_round in seconds.items():
         total = sum(sum(r) for r in per_round)
         steps = sum(len(r) for r in per_round)
@@ -124,13 +148,18 @@ def summarise(seconds: dict[str, list[list[float]]], batch_size: int) -> list[di
             row["vs_synthetic_min"], row["vs_synthetic_max"] = min(ratios), max(ratios)
             row["vs_synthetic_stderr"] = (statistics.stdev(ratios) / len(ratios) ** 0.5
                                           if len(ratios) > 1 else None)
+        cpu = (cpu_seconds_per_image or {}).get(name)
+        if cpu is not None:
+            row["cpu_ms_per_image_alone"] = 1e3 * cpu
+            if base_rate is not None and cores:
+                row["cpu_share_prediction"] = 1.0 / (1.0 + base_rate * cpu / cores)
         rows.append(row)
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| input | img/s | vs synthetic | ± stderr | rounds' range |",
-             "|---|---|---|---|---|"]
+    lines = ["| input | img/s | vs synthetic | ± stderr | rounds' range | CPU ms/img alone "
+             "| predicted from CPU |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         if "vs_synthetic" in row:
             stderr = row["vs_synthetic_stderr"]
@@ -139,7 +168,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                      if stderr is not None else f"{row['vs_synthetic']:.1%} | - | -")
         else:
             share = "- | - | -"
-        lines.append(f"| {row['input']} | {row['images_per_sec']:.1f} | {share} |")
+        cpu = row.get("cpu_ms_per_image_alone")
+        predicted = row.get("cpu_share_prediction")
+        lines.append(f"| {row['input']} | {row['images_per_sec']:.1f} | {share} | "
+                     f"{'-' if cpu is None else f'{cpu:.2f}'} | "
+                     f"{'-' if predicted is None else f'{predicted:.1%}'} |")
     return "\n".join(lines)
 
 
@@ -160,6 +193,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed steps per input at the start")
+    parser.add_argument("--cpu_batches", type=int, default=40,
+                        help="batches each input is read alone for its CPU time per image "
+                             "(0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="append rows to this JSONL file")
     args = parser.parse_args(argv)
@@ -167,6 +203,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--block {args.block}: must be >= 2 (the first step of a turn is untimed)")
     if args.rounds < 1 or args.warmup < 1:
         parser.error("--rounds and --warmup must be >= 1")
+    if args.cpu_batches < 0:
+        parser.error(f"--cpu_batches {args.cpu_batches}: must be >= 0")
     return args
 
 
@@ -189,7 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs = open_inputs(args.inputs, files, labels, args, stack)
         run_step = build_step(args, num_classes=max(labels) + 1)
         seconds = measure(inputs, run_step, args.block, args.rounds, args.warmup)
-    rows = summarise(seconds, args.batch_size)
+        # Skip: what a reader may hold decoded ahead (its prefetch window and a batch in hand).
+        cpu = {name: cpu_per_image(batches, args.cpu_batches, skip=4)
+               for name, batches in inputs.items()
+               if name != "synthetic" and args.cpu_batches > 0}
+    rows = summarise(seconds, args.batch_size, cpu, environment.get("cpu_count_affinity"))
     settings = {key: value for key, value in vars(args).items() if key != "out"}
     for row in rows:
         append_row({"bench": "input_cost", **row, **settings, "images": len(files),

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import time
 
+import numpy as np
 import pytest
 
 from bench import input_cost
@@ -26,6 +28,38 @@ def test_shares_are_paired_by_round_and_pooled_over_time():
     (alone,) = input_cost.summarise({"cxx": seconds["cxx"]}, batch_size=8)
     assert "vs_synthetic" not in alone and "| cxx | 10.7 | - | - | - |" in \
         input_cost.format_table([alone])
+
+
+def test_prediction_from_cpu_time_per_image():
+    # synthetic: 4 steps of 8 images in 2.0 s = 16 img/s. cxx costs 25 ms of CPU per image on 2
+    # cores: feeding 16 img/s takes 0.4 core-s of every 2 -> 1 / (1 + 16 * 0.025 / 2) = 83.3%.
+    seconds = {"synthetic": [[0.5, 0.5], [0.5, 0.5]], "cxx": [[0.6, 0.6], [0.6, 0.6]]}
+    rows = {row["input"]: row for row in input_cost.summarise(
+        seconds, batch_size=8, cpu_seconds_per_image={"cxx": 0.025}, cores=2)}
+    assert rows["cxx"]["cpu_ms_per_image_alone"] == pytest.approx(25.0)
+    assert rows["cxx"]["cpu_share_prediction"] == pytest.approx(1 / 1.2)
+    assert "cpu_ms_per_image_alone" not in rows["synthetic"]
+    table = input_cost.format_table(list(rows.values()))
+    assert "| cxx | 13.3 | 83.3% | 0.0% | 83.3%-83.3% | 25.00 | 83.3% |" in table
+    assert "| synthetic | 16.0 | 100.0% | 0.0% | 100.0%-100.0% | - | - |" in table
+
+
+def test_cpu_per_image_skips_the_prefetched_batches_and_counts_images():
+    pulled = []
+
+    def batches():
+        for index in range(10):
+            pulled.append(index)
+            # CPU work only for batches 3.., so a count that included 0..2 would be lower.
+            if index >= 3:
+                end = time.process_time() + 0.02
+                while time.process_time() < end:
+                    pass
+            yield np.zeros((4 if index < 9 else 2, 1)), None
+
+    cost = input_cost.cpu_per_image(batches(), count=7, skip=3)
+    assert pulled == list(range(10))
+    assert cost == pytest.approx(7 * 0.02 / (6 * 4 + 2), rel=0.25)
 
 
 def test_turns_rotate_reverse_and_leave_the_first_step_of_each_untimed():
@@ -58,6 +92,8 @@ def test_every_input_feeds_the_trainers_step(small_dataset, tmp_path):
     for row in rows:
         assert row["timed_steps"] == 2 and row["rounds"] == 2 and row["images"] == len(files)
         assert row["images_per_sec"] > 0 and row["vs_synthetic"] > 0
+        if row["input"] != "synthetic":  # every real input was also read on its own
+            assert row["cpu_ms_per_image_alone"] > 0 and 0 < row["cpu_share_prediction"] < 1
         assert row["image_size"] == 32 and row["cpu_model"] == row["environment"]["cpu_model"]
         # The trainer's default arithmetic: fp32 here, where conftest hides bf16 units.
         assert row["precision"] == "fp32"
