@@ -43,6 +43,7 @@ import resource
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -266,9 +267,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None,
                         help="append JSON rows to this file (default: rows to stdout)")
+    parser.add_argument("--plot", default=None,
+                        help="also draw the thread scaling of the run's rows into this PNG")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds}: must be >= 1")
+    if args.plot is not None:  # checked before minutes of measuring, not after
+        folder = Path(args.plot).resolve().parent
+        if Path(args.plot).suffix.lower() != ".png":
+            parser.error(f"--plot {args.plot}: must end in .png")
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            parser.error(f"--plot {args.plot}: {folder} is not a writable folder")
     # Flatten repeated flags, keep first occurrence order, drop duplicates.
     args.backend = list(dict.fromkeys(value for values in args.backend for value in values))
     args.num_threads = list(dict.fromkeys(value for values in args.num_threads for value in values))
@@ -412,6 +421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows), file=sys.stderr)
     print("\nCores to feed GPU training (bench.feeding):\n" + "\n".join(feeding_table(rows)),
           file=sys.stderr)
+    if args.plot:
+        from bench.report import plot_reader_threads
+        plot_reader_threads(rows, Path(args.plot))
+        print(f"thread scaling plot: {args.plot}", file=sys.stderr)
     return 0
 
 

@@ -50,8 +50,10 @@ def test_cli_writes_one_self_describing_row_per_backend(tiny_folder, tmp_path):
         "--data_url", str(tiny_folder), "--backend", "tfdata,opencv", "--backend", "dali",
         "--num_threads", "1", "--seconds", "1", "--warmup_seconds", "0.2",
         "--batch_size", "4", "--image_size", "32", "--out", str(out),
+        "--plot", str(tmp_path / "scaling.png"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["backend"] for row in rows] == ["tfdata", "opencv", "dali"]
     for row in rows:
@@ -80,6 +82,38 @@ def test_zero_rounds_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench_reader.parse_args(["--backend", "cxx", "--num_threads", "1", "--rounds", "0"])
     assert exit_info.value.code == 2 and "--rounds 0: must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("plot, message", [("scaling.svg", "must end in .png"),
+                                           ("missing/scaling.png", "is not a writable folder")])
+def test_a_bad_plot_path_is_refused_before_measuring(tmp_path, capsys, plot, message):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_reader.parse_args(["--backend", "cxx", "--num_threads", "1",
+                                 "--plot", str(tmp_path / plot)])
+    assert exit_info.value.code == 2
+    assert f"--plot {tmp_path / plot}: " in capsys.readouterr().err
+
+
+def test_thread_scaling_plot_draws_rates_and_per_core_rates(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from bench import report
+
+    rows = [{"backend": backend, "num_threads": threads, "samples_per_sec": rate * threads ** 0.9,
+             "samples_per_sec_stderr": 5.0, "samples_per_cpu_second": rate * threads ** -0.1}
+            for backend, rate in (("cxx", 1400.0), ("tfdata", 900.0)) for threads in (1, 2, 4)]
+    rows.append({"backend": "dali", "num_threads": 1, "error": "not installed"})
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at it
+    report.plot_reader_threads(rows, tmp_path / "scaling.png")
+    (figure,) = figures
+    rates, per_core = figure.axes
+    lines = {(line.get_linestyle(), tuple(line.get_ydata())) for line in rates.get_lines()}
+    assert ("--", (1400.0, 2800.0, 5600.0)) in lines  # linear from the 1-thread rate
+    assert ("--", (900.0, 1800.0, 3600.0)) in lines
+    assert [tuple(line.get_ydata()) for line in per_core.get_lines()] == [
+        tuple(1400.0 * t ** -0.1 for t in (1, 2, 4)), tuple(900.0 * t ** -0.1 for t in (1, 2, 4))]
+    assert [text.get_text() for text in rates.get_legend().get_texts()] == ["cxx", "tfdata"]
+    assert plt.imread(tmp_path / "scaling.png").shape[:2] == (440, 1210)
 
 
 def test_lists_of_backends_and_threads_are_flattened():
