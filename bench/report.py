@@ -543,6 +543,46 @@ def write_plots(folder: Path, rows: list[dict[str, Any]], reader: list[dict[str,
                         empty="no reader phase in this sweep")
 
 
+def plot_reader_threads(rows: list[dict[str, Any]], path: Path,
+                        empty: str = "no reader rows") -> None:
+    """Thread scaling of bench.reader rows (one per backend and threads, rounds pooled): img/s
+    against threads per backend, each with the dashed line of perfect scaling from its fewest
+    threads, and beside it img/s per busy core (flat: linear scaling; falling: the threads wait
+    or contend)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (rates, per_core) = plt.subplots(1, 2, figsize=(11, 4))
+    ok = [r for r in rows if "error" not in r]
+    for backend in dict.fromkeys(r["backend"] for r in ok):
+        points = sorted((r["num_threads"], r["samples_per_sec"], r["samples_per_sec_stderr"],
+                         r.get("samples_per_cpu_second")) for r in ok if r["backend"] == backend)
+        threads = [p[0] for p in points]
+        line = rates.errorbar(threads, [p[1] for p in points], yerr=[p[2] for p in points],
+                              marker="o", capsize=3, label=backend)[0]
+        if len(points) > 1:
+            rates.plot(threads, [points[0][1] * t / points[0][0] for t in threads],
+                       linestyle="--", linewidth=0.8, color=line.get_color())
+        if all(p[3] for p in points):
+            per_core.plot(threads, [p[3] for p in points], marker="o", label=backend,
+                          color=line.get_color())
+    if ok:
+        ticks = sorted({r["num_threads"] for r in ok})
+        for axes in (rates, per_core):
+            axes.set_xticks(ticks)
+            axes.set_xlabel("threads")
+            axes.set_ylim(bottom=0)
+        rates.legend(fontsize=8)
+    else:
+        rates.text(0.5, 0.5, empty, ha="center", transform=rates.transAxes)
+    rates.set_ylabel("images/sec (dashed: linear from the fewest threads)")
+    per_core.set_ylabel("images/sec per busy core")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def write_all(folder: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """tuned.json, results.csv, report.md, the plots and sweep.json (the sweep's own facts)."""
     folder = Path(folder)
@@ -616,42 +656,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def plot_reader_threads(rows: list[dict[str, Any]], path: Path,
-                        empty: str = "no reader rows") -> None:
-    """Thread scaling of bench.reader rows (pooled or not): img/s against threads per backend,
-    each with the dashed line of perfect scaling from its fewest threads, and beside it img/s per
-    busy core (flat: linear scaling; falling: the threads wait or contend)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (rates, per_core) = plt.subplots(1, 2, figsize=(11, 4))
-    ok = [r for r in rows if "error" not in r]
-    for backend in dict.fromkeys(r["backend"] for r in ok):
-        points = sorted((r["num_threads"], r["samples_per_sec"], r["samples_per_sec_stderr"],
-                         r.get("samples_per_cpu_second")) for r in ok if r["backend"] == backend)
-        threads = [p[0] for p in points]
-        line = rates.errorbar(threads, [p[1] for p in points], yerr=[p[2] for p in points],
-                              marker="o", capsize=3, label=backend)[0]
-        if len(points) > 1:
-            rates.plot(threads, [points[0][1] * t / points[0][0] for t in threads],
-                       linestyle="--", linewidth=0.8, color=line.get_color())
-        if all(p[3] for p in points):
-            per_core.plot(threads, [p[3] for p in points], marker="o", label=backend,
-                          color=line.get_color())
-    if ok:
-        ticks = sorted({r["num_threads"] for r in ok})
-        for axes in (rates, per_core):
-            axes.set_xticks(ticks)
-            axes.set_xlabel("threads")
-            axes.set_ylim(bottom=0)
-        rates.legend(fontsize=8)
-    else:
-        rates.text(0.5, 0.5, empty, ha="center", transform=rates.transAxes)
-    rates.set_ylabel("images/sec (dashed: linear from the fewest threads)")
-    per_core.set_ylabel("images/sec per busy core")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
